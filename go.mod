@@ -1,0 +1,15 @@
+module onebackup
+
+go 1.26.8
+
+require (
+	github.com/beevik/etree v1.8.1
+	github.com/sirupsen/logrus v1.10.2
+	github.com/spf13/cobra v1.10.2
+	golang.org/x/sys v0.13.0
+)
+
+require (
+	github.com/inconshreveable/mousetrap v1.1.0 // indirect
+	github.com/spf13/pflag v1.0.9 // indirect
+)

@@ -1,0 +1,259 @@
+package restic
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	"onebackup/internal/backend"
+	"onebackup/internal/one"
+	"onebackup/internal/remote"
+)
+
+// Exit codes of restic >= 0.17.
+const (
+	exitNoRepo        = 10
+	exitLocked        = 11
+	exitWrongPassword = 12
+)
+
+// lockWait bounds how long a command waits for another one's exclusive lock (restic >= 0.16).
+const lockWait = "5m"
+
+// Store is a configured restic datastore.
+type Store struct {
+	cfg *Config
+	rt  *backend.Runtime
+
+	versionOnce sync.Once
+	minor       int // restic 0.<minor> on the frontend; 0 when unknown
+}
+
+// Open validates the datastore's attributes.
+func Open(ds *one.Datastore, rt *backend.Runtime) (backend.Store, error) {
+	cfg, err := ParseConfig(ds)
+	if err != nil {
+		return nil, err
+	}
+	return &Store{cfg: cfg, rt: rt}, nil
+}
+
+// Backend implements backend.Store.
+func (s *Store) Backend() string { return "restic" }
+
+// FrontendBin is restic on the frontend, HostBin on hypervisors.
+func FrontendBin() string { return filepath.Join(one.RemotesDir(), "datastore", "restic", "restic") }
+
+// HostBin is restic on the hypervisors (synced there with the remotes).
+func HostBin() string { return path.Join(one.HostRemotesDir(), "datastore", "restic", "restic") }
+
+// cmd builds a restic command for target; lock-taking commands wait for a held lock.
+func (s *Store) cmd(ctx context.Context, t remote.Target, repo, sub string, args ...string) remote.Cmd {
+	bin := FrontendBin()
+	if t.Host != "" {
+		bin = HostBin()
+	}
+	if s.retryLock(ctx) && sub != "snapshots" && sub != "cat" && sub != "init" {
+		args = append(args, "--retry-lock="+lockWait)
+	}
+	return remote.Cmd{Target: t, Argv: append([]string{bin}, s.cfg.Args(repo, sub, args...)...), Env: s.cfg.Env()}
+}
+
+// retryLock tells whether restic supports --retry-lock (>= 0.16).
+func (s *Store) retryLock(ctx context.Context) bool {
+	s.versionOnce.Do(func() {
+		res, err := s.rt.Runner.Run(ctx, remote.Cmd{Target: remote.Local, Argv: []string{FrontendBin(), "version"}})
+		if err == nil {
+			if m := regexp.MustCompile(`restic 0\.([0-9]+)\.`).FindSubmatch(res.Stdout); m != nil {
+				s.minor, _ = strconv.Atoi(string(m[1]))
+			}
+		}
+	})
+	return s.minor >= 16
+}
+
+// run runs restic on the frontend against a location's repository.
+func (s *Store) run(ctx context.Context, loc backend.Location, mutates bool, sub string, args ...string) (*remote.Result, error) {
+	res, err := s.rt.Run(ctx, s.cmd(ctx, remote.Local, s.cfg.Repo(loc), sub, args...), mutates)
+	return res, s.explain(err, s.cfg.Repo(loc))
+}
+
+// explain turns restic's exit codes into errors an operator can act on.
+func (s *Store) explain(err error, repo string) error {
+	var ee *remote.ExitError
+	if err == nil || !asExit(err, &ee) {
+		return err
+	}
+	switch {
+	case ee.Code == exitWrongPassword || strings.Contains(ee.Stderr, "wrong password"):
+		return fmt.Errorf("RESTIC_PASSWORD does not open repository %s", repo)
+	case ee.Code == exitLocked:
+		return fmt.Errorf("repository %s stayed locked by another operation for %s: %w", repo, lockWait, err)
+	}
+	return err
+}
+
+func asExit(err error, ee **remote.ExitError) bool { return errors.As(err, ee) }
+
+// repoMissing tells a missing repository from other failures (exit 10 since restic 0.17,
+// a message before).
+func repoMissing(err error) bool {
+	var ee *remote.ExitError
+	if !asExit(err, &ee) {
+		return false
+	}
+	return ee.Code == exitNoRepo || (ee.Code == 1 && (strings.Contains(ee.Stderr, "does not exist") ||
+		strings.Contains(ee.Stderr, "Is there a repository at the following location?")))
+}
+
+// EnsureRepo creates the location's repository unless it exists. Creation is serialised on the
+// frontend, so that the first backups of several VMs of one backup job do not race.
+func (s *Store) EnsureRepo(ctx context.Context, loc backend.Location) error {
+	repo := s.cfg.Repo(loc)
+	unlock, err := lockFile(fmt.Sprintf("restic-init-%d.lock", s.cfg.DSID))
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	_, err = s.rt.Run(ctx, s.cmd(ctx, remote.Local, repo, "cat", "config"), false)
+	if err == nil {
+		return nil
+	}
+	if !repoMissing(err) {
+		return fmt.Errorf("cannot open repository %s: %w", repo, s.explain(err, repo))
+	}
+	s.rt.Log.Infof("creating restic repository %s", repo)
+	if _, err := s.rt.Run(ctx, s.cmd(ctx, remote.Local, repo, "init"), true); err != nil {
+		return fmt.Errorf("cannot create repository %s: %w", repo, err)
+	}
+	return nil
+}
+
+// lockFile takes an exclusive flock on a file of the run directory.
+func lockFile(name string) (func(), error) {
+	dir := one.RunDir()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("cannot create the run directory: %v", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, name), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { f.Close() }, nil
+}
+
+// snapshot is one entry of `restic snapshots --json`.
+type snapshot struct {
+	ID    string   `json:"id"`
+	Time  string   `json:"time"`
+	Paths []string `json:"paths"`
+	Tags  []string `json:"tags"`
+}
+
+// short is the 8-character id OpenNebula stores, derived from the full id (short_id is
+// deprecated upstream).
+func (sn snapshot) short() string {
+	if len(sn.ID) < 8 {
+		return sn.ID
+	}
+	return sn.ID[:8]
+}
+
+// snapshots lists every snapshot of a location's repository, oldest first.
+func (s *Store) snapshots(ctx context.Context, loc backend.Location) ([]snapshot, error) {
+	res, err := s.run(ctx, loc, false, "snapshots", "--no-lock", "--json")
+	if err != nil {
+		return nil, fmt.Errorf("cannot list the snapshots of %s: %w", s.cfg.Repo(loc), err)
+	}
+	var out []snapshot
+	if err := json.Unmarshal(res.Stdout, &out); err != nil {
+		return nil, fmt.Errorf("unexpected output of restic snapshots: %v", err)
+	}
+	return out, nil
+}
+
+func (s *Store) find(ctx context.Context, loc backend.Location, snap string) (*snapshot, error) {
+	all, err := s.snapshots(ctx, loc)
+	if err != nil {
+		return nil, err
+	}
+	for i := range all {
+		if strings.HasPrefix(all[i].ID, snap) {
+			return &all[i], nil
+		}
+	}
+	return nil, fmt.Errorf("no snapshot %s in repository %s", snap, s.cfg.Repo(loc))
+}
+
+// Files implements backend.Store: the paths stored in a snapshot.
+func (s *Store) Files(ctx context.Context, loc backend.Location, snap string) ([]string, error) {
+	sn, err := s.find(ctx, loc, snap)
+	if err != nil {
+		return nil, err
+	}
+	files := append([]string(nil), sn.Paths...)
+	sort.Strings(files)
+	return files, nil
+}
+
+// ReadVMXML implements backend.Store: vm.xml sits beside the disk files in the snapshot.
+func (s *Store) ReadVMXML(ctx context.Context, loc backend.Location, snap, diskPath string) ([]byte, error) {
+	doc := path.Join(path.Dir(diskPath), "vm.xml")
+	res, err := s.run(ctx, loc, false, "dump", "--quiet", snap, doc)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read %s from snapshot %s: %w", doc, snap, err)
+	}
+	return res.Stdout, nil
+}
+
+// Remove implements backend.Store: forget the snapshots that exist and prune.
+func (s *Store) Remove(ctx context.Context, loc backend.Location, snaps []string) error {
+	all, err := s.snapshots(ctx, loc)
+	if err != nil {
+		if repoMissing(err) {
+			s.rt.Log.Infof("repository %s does not exist: nothing to remove", s.cfg.Repo(loc))
+			return nil
+		}
+		return err
+	}
+	var ids []string
+	for _, want := range snaps {
+		for _, sn := range all {
+			if strings.HasPrefix(sn.ID, want) {
+				ids = append(ids, sn.short())
+			}
+		}
+	}
+	if len(ids) == 0 {
+		s.rt.Log.Infof("snapshots %v are already gone from %s", snaps, s.cfg.Repo(loc))
+		return nil
+	}
+	args := append(ids, "--prune")
+	if s.cfg.PruneMaxRepack != "" {
+		args = append(args, "--max-repack-size="+s.cfg.PruneMaxRepack)
+	}
+	args = append(args, "--max-unused="+s.cfg.PruneMaxUnused)
+	if _, err := s.run(ctx, loc, true, "forget", args...); err != nil {
+		return fmt.Errorf("unable to remove snapshots %v: %w", ids, err)
+	}
+	return nil
+}
+
+// Usage implements backend.Store: the filesystem holding BASE_PATH on the SFTP server.
+func (s *Store) Usage(ctx context.Context) (backend.Usage, error) {
+	return backend.DiskUsage(ctx, s.rt, remote.Target{Host: s.cfg.Server, User: s.cfg.User}, s.cfg.BasePath)
+}

@@ -1,0 +1,282 @@
+package test
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// oneadmin is the uid/gid the drivers run as, as on a real frontend.
+func oneadmin(t testing.TB) *syscall.Credential {
+	t.Helper()
+	u, err := user.Lookup("oneadmin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+}
+
+// driverEnv is the environment oned's drivers get on a frontend.
+func (h *harness) driverEnv(extra ...string) []string {
+	return append([]string{
+		"PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+		"HOME=/var/lib/one",
+		"USER=oneadmin",
+		"LANG=C",
+		"SSH_AUTH_SOCK=" + h.authSock,
+		"ONEBACKUP_RUN_DIR=" + h.runDir,
+	}, extra...)
+}
+
+// result is what a driver run left.
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+// driverCmd prepares drivers/<backend>/<action> exactly as oned runs it: argv, stdin, oneadmin.
+func (h *harness) driverCmd(t testing.TB, backend, action string, args []string, stdin []byte, env ...string) *exec.Cmd {
+	cmd := exec.Command(filepath.Join(h.repo, "drivers", backend, action), args...)
+	cmd.Env = h.driverEnv(env...)
+	cmd.Dir = "/var/lib/one"
+	cmd.Stdin = bytes.NewReader(stdin)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: oneadmin(t)}
+	return cmd
+}
+
+// driver runs an action and waits for it.
+func (h *harness) driver(t testing.TB, backend, action string, args []string, stdin []byte, env ...string) result {
+	t.Helper()
+	cmd := h.driverCmd(t, backend, action, args, stdin, env...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	r := result{stdout: out.String(), stderr: errb.String(), code: cmd.ProcessState.ExitCode()}
+	if err != nil && r.code == 0 {
+		t.Fatalf("%s %s: %v", backend, action, err)
+	}
+	return r
+}
+
+// mustDriver runs an action that must succeed.
+func (h *harness) mustDriver(t testing.TB, backend, action string, args []string, stdin []byte, env ...string) string {
+	t.Helper()
+	r := h.driver(t, backend, action, args, stdin, env...)
+	if r.code != 0 {
+		t.Fatalf("%s %s %v failed (exit %d): %s", backend, action, args, r.code, r.stderr)
+	}
+	return r.stdout
+}
+
+// asOneadmin runs a command as oneadmin with the frontend's environment and returns stdout.
+func (h *harness) asOneadmin(t testing.TB, env []string, argv ...string) string {
+	t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = h.driverEnv(env...)
+	cmd.Dir = "/var/lib/one"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: oneadmin(t)}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%s: %v: %s", strings.Join(argv, " "), err, errb.String())
+	}
+	return out.String()
+}
+
+// run runs a command as root and fails the test on error.
+func run(t testing.TB, argv ...string) string {
+	t.Helper()
+	out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", strings.Join(argv, " "), err, out)
+	}
+	return string(out)
+}
+
+// chownOneadmin gives a tree to oneadmin.
+func chownOneadmin(t testing.TB, path string) {
+	t.Helper()
+	run(t, "chown", "-R", "oneadmin:oneadmin", path)
+}
+
+// --- fixtures: the XML oned sends, written from the spec ---------------------------------
+
+// dsAttrs are template attributes of a backup datastore.
+type dsAttrs map[string]string
+
+// datastoreXML is a DATASTORE element as one.datastore.info (decrypted) renders it.
+func datastoreXML(id int, mad string, attrs dsAttrs) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "<DATASTORE><ID>%d</ID><UID>0</UID><NAME>backups-%d</NAME><DS_MAD><![CDATA[%s]]></DS_MAD>"+
+		"<TM_MAD><![CDATA[-]]></TM_MAD><BASE_PATH><![CDATA[/var/lib/one//datastores/%d]]></BASE_PATH><TYPE>3</TYPE><TEMPLATE>", id, id, mad, id)
+	for k, v := range attrs {
+		fmt.Fprintf(&b, "<%s><![CDATA[%s]]></%s>", k, v, k)
+	}
+	b.WriteString("</TEMPLATE></DATASTORE>")
+	return b.String()
+}
+
+// vmXML is a VM element as the backup action receives it.
+func vmXML(vmID int, lastBridge string) string {
+	bridge := ""
+	if lastBridge != "" {
+		bridge = "<LAST_BRIDGE><![CDATA[" + lastBridge + "]]></LAST_BRIDGE>"
+	}
+	return fmt.Sprintf("<VM><ID>%d</ID><UID>0</UID><NAME>vm-%d</NAME><DEPLOY_ID>one-%d</DEPLOY_ID>"+
+		"<BACKUPS><BACKUP_CONFIG><MODE><![CDATA[FULL]]></MODE>%s</BACKUP_CONFIG><BACKUP_IDS/></BACKUPS></VM>", vmID, vmID, vmID, bridge)
+}
+
+// backupStdin is backup's raw-XML stdin: DS_DRIVER_ACTION_DATA{DATASTORE, VM}.
+func backupStdin(ds, vm string) []byte {
+	return []byte("<DS_DRIVER_ACTION_DATA>" + ds + vm + "</DS_DRIVER_ACTION_DATA>")
+}
+
+// inc is one increment of a backup image.
+type inc struct {
+	id   int
+	snap string
+}
+
+// imageXML is a backup IMAGE element; one increment renders as SOURCE only (FULL mode).
+func imageXML(id, vmID int, jobID string, incs []inc, path string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "<IMAGE><ID>%d</ID><NAME>%d backup</NAME><TYPE>6</TYPE><FORMAT>raw</FORMAT>", id, vmID)
+	if len(incs) == 1 {
+		fmt.Fprintf(&b, "<SOURCE><![CDATA[%s]]></SOURCE>", incs[0].snap)
+	} else if len(incs) > 1 {
+		fmt.Fprintf(&b, "<SOURCE><![CDATA[%s]]></SOURCE><BACKUP_INCREMENTS>", incs[0].snap)
+		for i, in := range incs {
+			typ, parent := "INCREMENT", i-1
+			if i == 0 {
+				typ, parent = "FULL", -1
+			}
+			fmt.Fprintf(&b, "<INCREMENT><DATE>1700000000</DATE><ID>%d</ID><PARENT_ID>%d</PARENT_ID><SIZE>1</SIZE><SOURCE><![CDATA[%s]]></SOURCE><TYPE><![CDATA[%s]]></TYPE></INCREMENT>", in.id, parent, in.snap, typ)
+		}
+		b.WriteString("</BACKUP_INCREMENTS>")
+	}
+	if vmID >= 0 {
+		fmt.Fprintf(&b, "<VMS><ID>%d</ID></VMS>", vmID)
+	}
+	if path != "" {
+		fmt.Fprintf(&b, "<PATH><![CDATA[%s]]></PATH>", path)
+	}
+	b.WriteString("<TEMPLATE>")
+	if jobID != "" {
+		fmt.Fprintf(&b, "<BACKUP_JOB_ID><![CDATA[%s]]></BACKUP_JOB_ID>", jobID)
+	}
+	b.WriteString("</TEMPLATE></IMAGE>")
+	return b.String()
+}
+
+// dsMadStdin is the base64 stdin of a DS MAD action (IMAGE first, as ImageManager writes it).
+func dsMadStdin(parts ...string) []byte {
+	return []byte(base64.StdEncoding.EncodeToString([]byte("<DS_DRIVER_ACTION_DATA>" + strings.Join(parts, "") + "</DS_DRIVER_ACTION_DATA>")))
+}
+
+// staged describes a staged backup: what prebackup leaves on the VM host.
+type staged struct {
+	dir   string            // the staging directory
+	files map[string][]byte // file name -> content (disks as written)
+}
+
+// stageBackup writes a staging directory for a VM: one qcow2 disk per size (MiB) with dataMiB
+// of random data at its start, and vm.xml (base64) recording each disk's SIZE.
+func stageBackup(t testing.TB, dir string, vmID, inc int, diskMiB []int, dataMiB int) *staged {
+	t.Helper()
+	os.RemoveAll(dir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	s := &staged{dir: dir, files: map[string][]byte{}}
+	var disks strings.Builder
+	for id, size := range diskMiB {
+		name := fmt.Sprintf("disk.%d.%d", id, inc)
+		p := filepath.Join(dir, name)
+		run(t, "qemu-img", "create", "-q", "-f", "qcow2", p, fmt.Sprintf("%dM", size))
+		raw := filepath.Join(dir, "raw.tmp")
+		data := make([]byte, dataMiB<<20)
+		rand.Read(data)
+		os.WriteFile(raw, data, 0o644)
+		run(t, "qemu-img", "dd", "-f", "raw", "-O", "qcow2", "if="+raw, "of="+p, "bs=1M", fmt.Sprintf("count=%d", dataMiB))
+		os.Remove(raw)
+		s.files[name], _ = os.ReadFile(p)
+		fmt.Fprintf(&disks, "<DISK><DISK_ID>%d</DISK_ID><SIZE>%d</SIZE><TYPE>FILE</TYPE></DISK>", id, size)
+	}
+	vm := fmt.Sprintf("<VM><ID>%d</ID><NAME>vm-%d</NAME><TEMPLATE>%s</TEMPLATE><USER_TEMPLATE/></VM>", vmID, vmID, disks.String())
+	enc := base64.StdEncoding.EncodeToString([]byte(vm))
+	var lines strings.Builder
+	for len(enc) > 60 {
+		lines.WriteString(enc[:60] + "\n")
+		enc = enc[60:]
+	}
+	lines.WriteString(enc + "\n")
+	s.files["vm.xml"] = []byte(lines.String())
+	os.WriteFile(filepath.Join(dir, "vm.xml"), s.files["vm.xml"], 0o644)
+	chownOneadmin(t, filepath.Dir(dir))
+	return s
+}
+
+// vmDir is a VM's directory in system datastore 0, as oned passes it (with the '//').
+func vmDir(vmID int) string { return fmt.Sprintf("/var/lib/one//datastores/0/%d", vmID) }
+
+// stagingOf is the cleaned staging directory of vmDir.
+func stagingOf(vmID int) string { return fmt.Sprintf("/var/lib/one/datastores/0/%d/backup", vmID) }
+
+// backupArgs is backup's argv for a VM on a host.
+func backupArgs(host string, vmID int, jobID string) []string {
+	if jobID == "" {
+		jobID = "-"
+	}
+	return []string{host + ":" + vmDir(vmID), "0", fmt.Sprintf("one-%d", vmID), jobID, strconv.Itoa(vmID), "0"}
+}
+
+// procCmdlines returns pid -> command line of every live process (zombies excluded).
+func procCmdlines() map[int]string {
+	out := map[int]string{}
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		if i := bytes.LastIndexByte(stat, ')'); i > 0 && len(stat) > i+2 && stat[i+2] == 'Z' {
+			continue
+		}
+		cl, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil || len(cl) == 0 {
+			continue
+		}
+		out[pid] = string(bytes.ReplaceAll(bytes.TrimRight(cl, "\x00"), []byte{0}, []byte{' '}))
+	}
+	return out
+}
+
+// processesMatching lists the live processes whose command line contains every substring.
+func processesMatching(subs ...string) []string {
+	var out []string
+	for pid, cl := range procCmdlines() {
+		ok := true
+		for _, s := range subs {
+			ok = ok && strings.Contains(cl, s)
+		}
+		if ok {
+			out = append(out, fmt.Sprintf("%d: %s", pid, cl))
+		}
+	}
+	return out
+}
