@@ -20,6 +20,8 @@ type URL struct {
 	Path    string
 }
 
+var pathComponentRe = regexp.MustCompile(`^[A-Za-z0-9._+-]+$`)
+
 var diskFileRe = regexp.MustCompile(`^disk\.([0-9]+|tpm)\.`)
 
 // String renders the URL.
@@ -108,6 +110,11 @@ func ParseURL(s string) (URL, error) {
 	}
 	if p != "/"+parts[3] {
 		return u, fmt.Errorf("invalid backup URL: file path %q is not clean", "/"+parts[3])
+	}
+	for _, c := range strings.Split(p[1:], "/") {
+		if !pathComponentRe.MatchString(c) {
+			return u, fmt.Errorf("invalid backup URL: path component %q has characters outside [A-Za-z0-9._+-]", c)
+		}
 	}
 	u.Path = p
 	if u.DiskIndex() == "" {

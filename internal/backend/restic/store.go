@@ -132,7 +132,9 @@ func (s *Store) EnsureRepo(ctx context.Context, loc backend.Location) error {
 	if !repoMissing(err) {
 		return fmt.Errorf("cannot open repository %s: %w", repo, s.explain(err, repo))
 	}
-	s.rt.Log.Infof("creating restic repository %s", repo)
+	if !s.rt.DryRun {
+		s.rt.Log.Infof("creating restic repository %s", repo)
+	}
 	if _, err := s.rt.Run(ctx, s.cmd(ctx, remote.Local, repo, "init"), true); err != nil {
 		return fmt.Errorf("cannot create repository %s: %w", repo, err)
 	}
