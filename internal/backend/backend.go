@@ -41,6 +41,12 @@ type Store interface {
 	Usage(ctx context.Context) (Usage, error)
 }
 
+// FileReader is a Store that can stream a stored file (restore, downloaders, flatten).
+type FileReader interface {
+	// ReadFile writes the file stored at path in backup snap to w.
+	ReadFile(ctx context.Context, loc Location, snap, path string, w io.Writer) error
+}
+
 // Upload is the program that copies the staged files of one backup to the datastore.
 type Upload struct {
 	Cmd remote.Cmd

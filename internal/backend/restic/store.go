@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path"
 	"path/filepath"
@@ -220,6 +221,16 @@ func (s *Store) ReadVMXML(ctx context.Context, loc backend.Location, snap, diskP
 		return nil, fmt.Errorf("cannot read %s from snapshot %s: %w", doc, snap, err)
 	}
 	return res.Stdout, nil
+}
+
+// ReadFile implements backend.FileReader: restic dump streamed to w.
+func (s *Store) ReadFile(ctx context.Context, loc backend.Location, snap, file string, w io.Writer) error {
+	c := s.cmd(ctx, remote.Local, s.cfg.Repo(loc), "dump", "--quiet", snap, file)
+	c.Stdout = w
+	if _, err := s.rt.Run(ctx, c, false); err != nil {
+		return fmt.Errorf("cannot read %s from snapshot %s: %w", file, snap, s.explain(err, s.cfg.Repo(loc)))
+	}
+	return nil
 }
 
 // Remove implements backend.Store: forget the snapshots that exist and prune.
