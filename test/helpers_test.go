@@ -63,8 +63,8 @@ func (h *harness) driver(t testing.TB, backend, action string, args []string, st
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
 	r := result{stdout: out.String(), stderr: errb.String(), code: cmd.ProcessState.ExitCode()}
-	if err != nil && r.code == 0 {
-		t.Fatalf("%s %s: %v", backend, action, err)
+	if err != nil && r.code <= 0 {
+		t.Fatalf("%s %s: %v: %s", backend, action, err, r.stderr)
 	}
 	return r
 }
@@ -200,7 +200,10 @@ func stageBackup(t testing.TB, dir string, vmID, inc int, diskMiB []int, dataMiB
 	}
 	s := &staged{dir: dir, files: map[string][]byte{}}
 	var disks strings.Builder
-	for id, size := range diskMiB {
+	if diskMiB == nil {
+		fmt.Fprintf(&disks, "<DISK><DISK_ID>0</DISK_ID><SIZE>64</SIZE></DISK><DISK><DISK_ID>1</DISK_ID><SIZE>64</SIZE></DISK>")
+	}
+	for id, size := range diskMiB { // no sizes: only vm.xml (the caller writes the disks)
 		name := fmt.Sprintf("disk.%d.%d", id, inc)
 		p := filepath.Join(dir, name)
 		run(t, "qemu-img", "create", "-q", "-f", "qcow2", p, fmt.Sprintf("%dM", size))
@@ -279,4 +282,10 @@ func processesMatching(subs ...string) []string {
 		}
 	}
 	return out
+}
+
+// runErr runs a command as root and returns its combined output and error.
+func runErr(argv ...string) (string, error) {
+	out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
+	return string(out), err
 }

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -44,7 +45,16 @@ type harness struct {
 	state    string // hosts.sh state directory
 	authSock string
 	runDir   string
+	users    *os.File // shared lock held while this process uses the hosts
 }
+
+// Several test processes may share the hosts (go test runs packages in parallel; developers run
+// subsets side by side): each holds a shared lock on usersLock while it runs, setup happens under
+// setupLock, and the last one out stops the hosts.
+const (
+	usersLock = "/tmp/onebackup-e2e.users.lock"
+	setupLock = "/tmp/onebackup-e2e.setup.lock"
+)
 
 func startHarness() (*harness, error) {
 	wd, err := os.Getwd()
@@ -52,12 +62,24 @@ func startHarness() (*harness, error) {
 		return nil, err
 	}
 	h := &harness{repo: filepath.Dir(wd), state: "/tmp/onebackup-e2e"}
+	h.authSock = filepath.Join(h.state, "agent.sock")
+	h.runDir = filepath.Join(h.state, "run")
+	if h.users, err = flock(usersLock, syscall.LOCK_SH); err != nil {
+		return nil, err
+	}
+	setup, err := flock(setupLock, syscall.LOCK_EX)
+	if err != nil {
+		return h, err
+	}
+	defer setup.Close()
 	steps := [][]string{
 		{filepath.Join(h.repo, "test/harness/setup-deps.sh")},
 		{"go", "build", "-o", filepath.Join(h.repo, "bin/onebackup"), "./cmd/onebackup"},
-		{filepath.Join(h.repo, "test/harness/hosts.sh"), "up", h.state},
 		// The remotes are synced to hosts by `onehost sync`; here all hosts share one filesystem.
 		{"install", "-o", "oneadmin", "-g", "oneadmin", "-m", "0755", filepath.Join(h.repo, "bin/onebackup"), "/var/tmp/one/datastore/onebackup"},
+	}
+	if !h.hostsUp() {
+		steps = append(steps, []string{filepath.Join(h.repo, "test/harness/hosts.sh"), "up", h.state})
 	}
 	for _, s := range steps {
 		cmd := exec.Command(s[0], s[1:]...)
@@ -66,11 +88,51 @@ func startHarness() (*harness, error) {
 			return h, fmt.Errorf("%s: %v\n%s", strings.Join(s, " "), err, out)
 		}
 	}
-	h.authSock = filepath.Join(h.state, "agent.sock")
-	h.runDir = filepath.Join(h.state, "run")
 	return h, nil
 }
 
-func (h *harness) stop() {
-	exec.Command(filepath.Join(h.repo, "test/harness/hosts.sh"), "down", h.state).Run()
+// hostsUp tells whether a running harness answers (every host, through the agent).
+func (h *harness) hostsUp() bool {
+	for _, host := range []string{"fe", "hv1", "hv2", "bk1"} {
+		cmd := exec.Command("ssh", host, "true")
+		cmd.Env = h.driverEnv()
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: oneadmin(nopTB{})}
+		if cmd.Run() != nil {
+			return false
+		}
+	}
+	return true
 }
+
+func (h *harness) stop() {
+	if h.users != nil {
+		h.users.Close()
+	}
+	last, err := os.OpenFile(usersLock, os.O_RDWR, 0)
+	if err != nil {
+		return
+	}
+	defer last.Close()
+	if syscall.Flock(int(last.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) == nil {
+		exec.Command(filepath.Join(h.repo, "test/harness/hosts.sh"), "down", h.state).Run()
+	}
+}
+
+func flock(path string, how int) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), how); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// nopTB lets harness code outside a test use helpers that take a testing.TB.
+type nopTB struct{ testing.TB }
+
+func (nopTB) Helper()                   {}
+func (nopTB) Fatal(args ...any)         { panic(fmt.Sprint(args...)) }
+func (nopTB) Fatalf(f string, a ...any) { panic(fmt.Sprintf(f, a...)) }

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 const resticPassword = `p'a"ss $word;` + "\n" + ` x` // hostile on purpose: quotes, $, ;, newline, spaces
@@ -35,6 +36,7 @@ func resetDS(t testing.TB, id int) string {
 
 type resticSnapshot struct {
 	ID    string   `json:"id"`
+	Time  string   `json:"time"`
 	Paths []string `json:"paths"`
 	Tags  []string `json:"tags"`
 }
@@ -254,3 +256,5 @@ func TestResticLs(t *testing.T) {
 		t.Errorf("ls -i 0:\n got %s want %s", got, want)
 	}
 }
+
+func parseTime(s string) (time.Time, error) { return time.Parse(time.RFC3339Nano, s) }

@@ -36,6 +36,9 @@ func backendCommand(name string, open backend.Opener) *cobra.Command {
 		statCommand(open),
 		monitorCommand(open),
 		lsCommand(open),
+		flattenCommand(open),
+		downloaderCommand(open),
+		streamCommand(open),
 	)
 	for _, a := range unsupported[name] {
 		c.AddCommand(unsupportedCommand(a))

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -54,6 +55,9 @@ func Main(argv []string) int {
 // "<backend> <action> args…".
 func driverArgs(argv []string) []string {
 	action := filepath.Base(argv[0])
+	if b, ok := strings.CutSuffix(action, "_downloader.rb"); ok { // <remotes>/datastore/<b>_downloader.rb
+		return append([]string{b, "downloader"}, argv[1:]...)
+	}
 	backendName := filepath.Base(filepath.Dir(argv[0]))
 	if _, ok := backends[backendName]; ok && action != "onebackup" {
 		return append([]string{backendName, action}, argv[1:]...)
@@ -73,6 +77,7 @@ func newRoot() *cobra.Command {
 	for _, name := range []string{"restic", "rsync"} {
 		root.AddCommand(backendCommand(name, backends[name]))
 	}
+	root.AddCommand(catFileCommand(), cleanTempCommand())
 	root.AddCommand(&cobra.Command{
 		Use:    "agent",
 		Short:  "Serve one request from the frontend (runs on hypervisors and repository hosts)",
@@ -96,6 +101,11 @@ type options struct {
 
 func (o *options) register(c *cobra.Command) {
 	c.Flags().StringVarP(&o.xmlFile, "xml", "x", "", "read the action XML (raw or base64) from `FILE` instead of stdin")
+	o.registerNoXML(c)
+}
+
+// registerNoXML registers the flags of commands that take no action XML.
+func (o *options) registerNoXML(c *cobra.Command) {
 	c.Flags().BoolVarP(&o.dryRun, "dry-run", "n", false, "print the plan (hosts, commands, paths) and run only read-only steps")
 	c.Flags().BoolVarP(&o.verbose, "verbose", "v", false, "log every command run (DEBUG lines on stderr)")
 }

@@ -26,6 +26,7 @@ type Config struct {
 	Connections    int
 	PruneMaxRepack string
 	PruneMaxUnused string
+	TmpDir         string // parent of temporary directories of downloads and flattens (frontend)
 	Confine        backend.Confinement
 }
 
@@ -113,6 +114,12 @@ func parseConfig(ds *one.Datastore) (*Config, error) {
 			return nil, fmt.Errorf("invalid RESTIC_PRUNE_MAX_UNUSED %q: expected a size, a percentage or unlimited", v)
 		}
 		c.PruneMaxUnused = v
+	}
+	c.TmpDir = "/var/tmp"
+	if v := ds.Attr("RESTIC_TMP_DIR"); v != "" {
+		if c.TmpDir, err = validate.AbsPath("RESTIC_TMP_DIR", v); err != nil {
+			return nil, err
+		}
 	}
 	c.Confine, err = backend.ParseConfinement(ds, "RESTIC", c.DSID)
 	return c, err

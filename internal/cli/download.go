@@ -1,0 +1,207 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"onebackup/internal/backend"
+	"onebackup/internal/remote"
+	"onebackup/internal/validate"
+)
+
+// downloaderCommand is <remotes>/datastore/<backend>_downloader.rb: it prepares a backup URL and
+// prints the command= / clean_command= lines downloader.sh evaluates.
+func downloaderCommand(open backend.Opener) *cobra.Command {
+	var o options
+	c := &cobra.Command{
+		Use:   "downloader URL",
+		Short: "Prepare a backup URL for downloader.sh (prints command= and clean_command=)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			rt, ctx, done := o.runtime()
+			defer done()
+			d, u, loc, err := backend.ResolveURL(ctx, rt, open, lookupDatastore, args[0])
+			if err != nil {
+				return err
+			}
+			dl, err := d.PrepareDownload(ctx, u, loc)
+			if err != nil || rt.DryRun {
+				return err
+			}
+			lines, err := backend.DownloaderLines(dl)
+			if err != nil {
+				return err
+			}
+			_, err = io.WriteString(os.Stdout, lines)
+			return err
+		},
+	}
+	o.registerNoXML(c)
+	return c
+}
+
+// streamCommand writes the file a single-restore-point URL names to stdout.
+func streamCommand(open backend.Opener) *cobra.Command {
+	var o options
+	c := &cobra.Command{
+		Use:    "stream URL",
+		Short:  "Write the file a backup URL names to stdout",
+		Hidden: true,
+		Args:   cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			rt, ctx, done := o.runtime()
+			defer done()
+			d, u, loc, err := backend.ResolveURL(ctx, rt, open, lookupDatastore, args[0])
+			if err != nil {
+				return err
+			}
+			return d.Stream(ctx, u, loc, os.Stdout)
+		},
+	}
+	o.registerNoXML(c)
+	return c
+}
+
+// Paths cat-file may read: files in this program's temporary directories, or stored rsync
+// backup files (<base>/<vm_id>/<backup_id>/disk.*).
+var rsyncStoredRe = regexp.MustCompile(`^/([A-Za-z0-9._+-]+/)*[0-9]+/[0-9]+/[A-Za-z0-9_-]+/disk\.[0-9a-z]+\.[A-Za-z0-9.]+$`)
+
+func checkServedPath(p string) error {
+	clean, err := validate.AbsPath("file", p)
+	if err != nil {
+		return err
+	}
+	if clean != p {
+		return fmt.Errorf("path %q is not clean", p)
+	}
+	if backend.CheckTempDir(filepath.Dir(p)) == nil || rsyncStoredRe.MatchString(p) {
+		return nil
+	}
+	return fmt.Errorf("%q is neither a prepared download nor a stored backup file", p)
+}
+
+// target parses --host user@host ("" is the frontend).
+func target(s string) (remote.Target, error) {
+	if s == "" {
+		return remote.Local, nil
+	}
+	user, host, ok := strings.Cut(s, "@")
+	if !ok {
+		return remote.Target{}, fmt.Errorf("--host takes user@host")
+	}
+	if err := validate.User("user", user); err != nil {
+		return remote.Target{}, err
+	}
+	if err := validate.Host("host", host); err != nil {
+		return remote.Target{}, err
+	}
+	return remote.Target{Host: host, User: user}, nil
+}
+
+// catFileCommand streams a prepared or stored file, locally or from a repository host.
+func catFileCommand() *cobra.Command {
+	var o options
+	var host string
+	c := &cobra.Command{
+		Use:    "cat-file [--host USER@HOST] PATH",
+		Short:  "Write a prepared download to stdout",
+		Hidden: true,
+		Args:   cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkServedPath(args[0]); err != nil {
+				return err
+			}
+			t, err := target(host)
+			if err != nil {
+				return err
+			}
+			if t.Host == "" {
+				f, err := os.Open(args[0])
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				_, err = io.Copy(os.Stdout, f)
+				return err
+			}
+			rt, ctx, done := o.runtime()
+			defer done()
+			_, err = rt.Runner.Run(ctx, remote.Cmd{Target: t, Argv: []string{"cat", "--", args[0]}, Stdout: os.Stdout})
+			return err
+		},
+	}
+	c.Flags().StringVar(&host, "host", "", "read the file on `USER@HOST` over ssh")
+	o.registerNoXML(c)
+	return c
+}
+
+// cleanTempCommand removes a temporary directory of a download.
+func cleanTempCommand() *cobra.Command {
+	var o options
+	var host string
+	c := &cobra.Command{
+		Use:    "clean-temp [--host USER@HOST] DIR",
+		Short:  "Remove the temporary directory of a download",
+		Hidden: true,
+		Args:   cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := backend.CheckTempDir(args[0]); err != nil {
+				return err
+			}
+			t, err := target(host)
+			if err != nil {
+				return err
+			}
+			if t.Host == "" {
+				return os.RemoveAll(args[0])
+			}
+			rt, ctx, done := o.runtime()
+			defer done()
+			_, err = rt.Runner.Run(ctx, remote.Cmd{Target: t, Argv: []string{"rm", "-rf", "--", args[0]}})
+			return err
+		},
+	}
+	c.Flags().StringVar(&host, "host", "", "remove the directory on `USER@HOST` over ssh")
+	o.registerNoXML(c)
+	return c
+}
+
+func flattenCommand(open backend.Opener) *cobra.Command {
+	var o options
+	c := &cobra.Command{
+		Use:   "increment_flatten IMAGE_ID",
+		Short: "Merge the oldest increments beyond KEEP_LAST (stdin: base64 IMAGE, DATASTORE, EXTRA_DATA)",
+		Long: "With N restore points and KEEP_LAST K < N, merges the oldest N-K+1 into one full restore point\n" +
+			"and prints \"<size_mb> <chain>\"; prints nothing when N <= K.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if _, err := validate.ID("image id", args[0]); err != nil {
+				return err
+			}
+			msg, err := o.message()
+			if err != nil {
+				return err
+			}
+			rt, ctx, done := o.runtime()
+			defer done()
+			out, err := backend.IncrementFlatten(ctx, rt, open, msg)
+			if err != nil || out == "" {
+				return err
+			}
+			_, err = fmt.Println(out)
+			return err
+		},
+	}
+	o.register(c)
+	return c
+}
+
+
+// lookupDatastore reads a datastore from oned; set once the XML-RPC client is wired.
+var lookupDatastore backend.DatastoreLookup
