@@ -11,5 +11,7 @@ require (
 
 require (
 	github.com/inconshreveable/mousetrap v1.1.0 // indirect
+	github.com/kolo/xmlrpc v0.0.0-20220921171641-a4b6fa1dd06b // indirect
 	github.com/spf13/pflag v1.0.9 // indirect
+	libvirt.org/go/libvirt v1.10009.0 // indirect
 )

@@ -45,6 +45,20 @@ type result struct {
 	code           int
 }
 
+// driverAt runs an executable of the checkout (such as a downloader) as oneadmin.
+func (h *harness) driverAt(t testing.TB, path string, args []string, stdin []byte, env ...string) result {
+	t.Helper()
+	cmd := exec.Command(path, args...)
+	cmd.Env = h.driverEnv(env...)
+	cmd.Dir = "/var/lib/one"
+	cmd.Stdin = bytes.NewReader(stdin)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: oneadmin(t)}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	cmd.Run()
+	return result{stdout: out.String(), stderr: errb.String(), code: cmd.ProcessState.ExitCode()}
+}
+
 // driverCmd prepares drivers/<backend>/<action> exactly as oned runs it: argv, stdin, oneadmin.
 func (h *harness) driverCmd(t testing.TB, backend, action string, args []string, stdin []byte, env ...string) *exec.Cmd {
 	cmd := exec.Command(filepath.Join(h.repo, "drivers", backend, action), args...)

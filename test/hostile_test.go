@@ -12,11 +12,17 @@ import (
 // printed no secret, and started no program at all (the only execve is the driver's own).
 func (h *harness) refused(t *testing.T, backend, action string, args []string, stdin []byte, wantErr string) {
 	t.Helper()
+	h.refusedPath(t, filepath.Join(h.repo, "drivers", backend, action), args, stdin, wantErr)
+}
+
+// refusedPath is refused for any driver executable (e.g. the downloaders).
+func (h *harness) refusedPath(t *testing.T, drv string, args []string, stdin []byte, wantErr string, env ...string) {
+	t.Helper()
+	backend, action := filepath.Base(filepath.Dir(drv)), filepath.Base(drv)
 	trace := filepath.Join(t.TempDir(), "execve")
-	drv := filepath.Join(h.repo, "drivers", backend, action)
 	argv := append([]string{"-f", "-qq", "-e", "trace=execve", "-o", trace, "-u", "oneadmin", drv}, args...)
 	cmd := exec.Command("strace", argv...)
-	cmd.Env = h.driverEnv()
+	cmd.Env = h.driverEnv(env...)
 	cmd.Dir = "/var/lib/one"
 	cmd.Stdin = strings.NewReader(string(stdin))
 	var out, errb strings.Builder

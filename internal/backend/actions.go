@@ -59,7 +59,7 @@ func openImage(msg *one.Message, rt *Runtime, open Opener) (*imageRequest, error
 			r.loc.VMID, _ = strconv.Atoi(m[1])
 		}
 	}
-	if r.loc.VMID < 0 && r.loc.JobID == "" && r.store.Backend() == "rsync" {
+	if r.loc.VMID < 0 && r.store.Backend() == "rsync" {
 		return nil, fmt.Errorf("backup image has no VMS/ID: cannot tell which VM it belongs to")
 	}
 	return r, nil

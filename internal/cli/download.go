@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -11,6 +12,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"onebackup/internal/backend"
+	"onebackup/internal/one"
+	"onebackup/internal/oned"
 	"onebackup/internal/remote"
 	"onebackup/internal/validate"
 )
@@ -202,6 +205,12 @@ func flattenCommand(open backend.Opener) *cobra.Command {
 	return c
 }
 
-
-// lookupDatastore reads a datastore from oned; set once the XML-RPC client is wired.
-var lookupDatastore backend.DatastoreLookup
+// lookupDatastore reads a datastore from oned (one.datastore.info, decrypted) with the
+// driver's credentials (ONE_AUTH, ~/.one/one_auth).
+func lookupDatastore(ctx context.Context, id int) (*one.Datastore, error) {
+	c, err := oned.New()
+	if err != nil {
+		return nil, err
+	}
+	return c.DatastoreInfo(ctx, id)
+}

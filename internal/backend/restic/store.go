@@ -117,6 +117,15 @@ func repoMissing(err error) bool {
 		strings.Contains(ee.Stderr, "Is there a repository at the following location?")))
 }
 
+// missingRepoError is a repository that does not exist (no backup of that VM or job yet).
+type missingRepoError struct {
+	repo string
+	err  error
+}
+
+func (e *missingRepoError) Error() string { return "repository " + e.repo + " does not exist" }
+func (e *missingRepoError) Unwrap() error { return e.err }
+
 // EnsureRepo creates the location's repository unless it exists. Creation is serialised on the
 // frontend, so that the first backups of several VMs of one backup job do not race.
 func (s *Store) EnsureRepo(ctx context.Context, loc backend.Location) error {
@@ -179,6 +188,9 @@ func (sn snapshot) short() string {
 // snapshots lists every snapshot of a location's repository, oldest first.
 func (s *Store) snapshots(ctx context.Context, loc backend.Location) ([]snapshot, error) {
 	res, err := s.run(ctx, loc, false, "snapshots", "--no-lock", "--json")
+	if repoMissing(err) {
+		return nil, &missingRepoError{repo: s.cfg.Repo(loc), err: err}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("cannot list the snapshots of %s: %w", s.cfg.Repo(loc), err)
 	}
