@@ -7,8 +7,8 @@ BIN       := bin/onebackup
 DESTDIR   ?=
 REMOTES   ?= /var/lib/one/remotes
 RESTIC    ?= $(CURDIR)/.cache/bin/restic
-RESTIC_ACTIONS := backup backup_cancel rm stat monitor ls cp clone mkfs snap_delete snap_revert snap_flatten
-RSYNC_ACTIONS  := backup backup_cancel rm stat monitor ls cp clone mkfs snap_delete snap_revert snap_flatten export
+RESTIC_ACTIONS := backup backup_cancel rm stat monitor ls restore increment_flatten cp clone mkfs snap_delete snap_revert snap_flatten
+RSYNC_ACTIONS  := backup backup_cancel rm stat monitor ls restore increment_flatten cp clone mkfs snap_delete snap_revert snap_flatten export
 
 .PHONY: all build test unit demo install deps bench clean
 
@@ -38,6 +38,7 @@ install: build
 	install -m 0755 $(BIN) $(DESTDIR)$(REMOTES)/datastore/onebackup
 	for a in $(RESTIC_ACTIONS); do ln -sfn ../onebackup $(DESTDIR)$(REMOTES)/datastore/restic/$$a; done
 	for a in $(RSYNC_ACTIONS); do ln -sfn ../onebackup $(DESTDIR)$(REMOTES)/datastore/rsync/$$a; done
+	for b in restic rsync; do ln -sfn onebackup $(DESTDIR)$(REMOTES)/datastore/$${b}_downloader.rb; done
 	if [ -x "$(RESTIC)" ]; then install -m 0755 $(RESTIC) $(DESTDIR)$(REMOTES)/datastore/restic/restic; fi
 
 clean:

@@ -37,6 +37,7 @@ func backendCommand(name string, open backend.Opener) *cobra.Command {
 		monitorCommand(open),
 		lsCommand(open),
 		flattenCommand(open),
+		restoreCommand(open),
 		downloaderCommand(open),
 		streamCommand(open),
 	)

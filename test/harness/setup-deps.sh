@@ -13,7 +13,7 @@ CACHE=${ONEBACKUP_CACHE:-$REPO_ROOT/.cache}
 
 PACKAGES=(
   openssh-server openssh-client rsync qemu-utils procps util-linux
-  coreutils findutils iproute2 passwd ca-certificates strace
+  coreutils findutils iproute2 passwd ca-certificates strace bc
 )
 
 log() { printf 'setup-deps: %s\n' "$*" >&2; }
