@@ -2,7 +2,9 @@ package test
 
 import (
 	"encoding/json"
+
 	"fmt"
+	"onebackup/internal/remote"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -258,3 +260,61 @@ func TestResticLs(t *testing.T) {
 }
 
 func parseTime(s string) (time.Time, error) { return time.Parse(time.RFC3339Nano, s) }
+
+// TestResticConfinement checks that RESTIC_NICE / RESTIC_IONICE apply to the upload on the host.
+func TestResticConfinement(t *testing.T) {
+	resetDS(t, 130)
+	stageBackup(t, stagingOf(64), 64, 0, []int{32}, 12)
+	ds := resticDS(130, dsAttrs{"RESTIC_NICE": "7", "RESTIC_IONICE": "5", "RESTIC_BWLIMIT": "2048"})
+	cmd, out, done := h.startBackup(t, "restic", ds, 64)
+	defer cmd.Process.Kill()
+	var pid int
+	waitFor(t, "the upload of VM 64", 60*time.Second, func() bool {
+		for p, cl := range procCmdlines() {
+			if strings.Contains(cl, "restic") && strings.Contains(cl, "/datastores/0/64/backup") && !strings.HasPrefix(cl, "nice") {
+				pid = p
+				return true
+			}
+		}
+		return false
+	})
+	stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	if fields[16] != "7" {
+		t.Errorf("restic runs with nice %s, want 7", fields[16])
+	}
+	if got := run(t, "ionice", "-p", strconv.Itoa(pid)); !strings.Contains(got, "best-effort: prio 5") {
+		t.Errorf("restic runs with ionice %q, want best-effort prio 5", got)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("confined backup failed: %v: %s", err, out)
+	}
+}
+
+// TestResticProgressOnTerminal: a person running backup on a terminal sees a progress bar drawn
+// from restic's status messages; oned (no terminal) never gets one.
+func TestResticProgressOnTerminal(t *testing.T) {
+	resetDS(t, 131)
+	stageBackup(t, stagingOf(65), 65, 0, []int{32}, 8)
+	ds := resticDS(131, dsAttrs{"RESTIC_BWLIMIT": "4096"})
+	xml := "/var/lib/one/progress-test.xml"
+	os.WriteFile(xml, backupStdin(ds, vmXML(65, "")), 0o600)
+	chownOneadmin(t, xml)
+	defer os.Remove(xml)
+	line, _ := remoteQuote(append([]string{filepath.Join(h.repo, "drivers/restic/backup"), "--xml", xml}, backupArgs("hv1", 65, "")...))
+	out := h.asOneadmin(t, nil, "script", "-qec", line, "/dev/null")
+	if !strings.Contains(out, "\r[") || !strings.Contains(out, "%") || !backupReplyRe.MatchString(lastLine(out)) {
+		t.Errorf("terminal run printed no progress bar or no reply: %q", out)
+	}
+	r := h.driver(t, "restic", "backup", backupArgs("hv1", 65, ""), backupStdin(ds, vmXML(65, "")))
+	if r.code != 0 || strings.Contains(r.stderr+r.stdout, "\r[") {
+		t.Errorf("oned-style run: exit %d, output %q %q", r.code, r.stdout, r.stderr)
+	}
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimRight(strings.ReplaceAll(s, "\r\n", "\n"), "\n"), "\n")
+	return lines[len(lines)-1] + "\n"
+}
+
+var remoteQuote = remote.Quote

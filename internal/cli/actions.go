@@ -68,6 +68,7 @@ func backupCommand(name string, open backend.Opener) *cobra.Command {
 			rt, ctx, done := o.runtime()
 			defer done()
 			res, err := backend.RunBackup(ctx, rt, open, msg, bargs)
+			done() // ends the progress line before the reply
 			if err != nil || res == nil {
 				return err
 			}

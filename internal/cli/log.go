@@ -78,5 +78,6 @@ func (p *progressBar) finish() {
 	defer p.mu.Unlock()
 	if p.drawn {
 		fmt.Fprintln(p.w)
+		p.drawn = false
 	}
 }

@@ -69,6 +69,17 @@ else
   }
 fi
 
+# Debian's restic 0.14 (the oldest output format the drivers support), unpacked into the cache
+# for the compatibility test only: it is not installed on the PATH.
+old_restic=$CACHE/restic-0.14/usr/bin/restic
+if [[ ! -x $old_restic ]]; then
+  log "fetching Debian's restic 0.14 for the compatibility test"
+  dl=$(mktemp -d)
+  (cd "$dl" && { apt-get download -q restic 2>/dev/null || { apt-get update -q && apt-get download -q restic; }; })
+  dpkg-deb -x "$dl"/restic_*.deb "$CACHE/restic-0.14"
+  rm -rf "$dl"
+fi
+
 # --- oneadmin and restic locations -----------------------------------------
 if ! getent passwd oneadmin >/dev/null; then
   log "creating user oneadmin"
