@@ -92,7 +92,7 @@ func rebuild(t *testing.T, pieces []string) string {
 }
 
 // sameDisk compares two images' contents.
-func sameDisk(t *testing.T, got, want, what string) {
+func sameDisk(t testing.TB, got, want, what string) {
 	t.Helper()
 	if out, err := runErr("qemu-img", "compare", "-q", got, want); err != nil {
 		t.Errorf("%s differs from the disk at that point: %s", what, out)

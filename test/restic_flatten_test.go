@@ -104,7 +104,7 @@ func TestResticIncrementFlatten(t *testing.T) {
 			sameDisk(t, resticRestore(t, repo, 52, kept[:p-1], d), c.refs[p][d], "restore point "+string(rune('0'+p)))
 		}
 	}
-	if left, _ := filepath.Glob("/var/tmp/onebackup-tmp-*"); len(left) > 0 {
+	if left, _ := filepath.Glob("/var/tmp/onebackup-tmp-*/52"); len(left) > 0 {
 		t.Errorf("temporary directories left: %v", left)
 	}
 }
@@ -124,15 +124,15 @@ func TestResticFlattenKilled(t *testing.T) {
 	c, incs, ds := resticChain(t, 123, 53, 5)
 	repo := base + "/53"
 	img := imageXML(13, 53, "", incs, "")
-	for _, step := range []string{"'dump'", "'qemu-img' 'convert'", "'backup'"} {
+	for _, step := range []string{"'dump'", "'qemu-img' 'commit'", "'backup'"} {
 		h.killFlattenAt(t, "restic", img, ds, step)
 		for p := 0; p < 5; p++ {
 			sameDisk(t, resticRestore(t, repo, 53, incs[:p+1], 0), c.refs[p][0], "restore point after a kill at "+step)
 		}
 	}
-	left, _ := filepath.Glob("/var/tmp/onebackup-tmp-*")
+	left, _ := filepath.Glob("/var/tmp/onebackup-tmp-*/53") // what the killed runs left
 	for _, d := range left {
-		os.RemoveAll(d)
+		os.RemoveAll(filepath.Dir(d))
 	}
 	out := h.mustDriver(t, "restic", "increment_flatten", []string{"13"}, flattenStdin(img, ds, 3))
 	kept := parseChain(t, strings.Fields(out)[1])

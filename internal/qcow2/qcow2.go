@@ -41,3 +41,17 @@ func MergeArgs(files []string, dst string) ([]string, error) {
 	}
 	return []string{"qemu-img", "convert", "-q", "-O", "qcow2", spec, dst}, nil
 }
+
+// CommitArgs are the qemu-img commands that merge a chain of private copies (oldest first) into
+// the first one, in place: each file is pointed at the one before it, then the newest is
+// committed down to the first. Only for temporary copies: stored files must never be modified.
+func CommitArgs(files []string) [][]string {
+	var cmds [][]string
+	for i := 1; i < len(files); i++ {
+		cmds = append(cmds, []string{"qemu-img", "rebase", "-u", "-f", "qcow2", "-F", "qcow2", "-b", files[i-1], files[i]})
+	}
+	if len(files) > 1 {
+		cmds = append(cmds, []string{"qemu-img", "commit", "-q", "-f", "qcow2", "-b", files[0], files[len(files)-1]})
+	}
+	return cmds
+}

@@ -61,3 +61,26 @@ func TestMergeChain(t *testing.T) {
 	qemu(t, "qemu-io", "-c", "write -P 0x11 0 4M", "-c", "write -P 0x22 1M 1M", ref)
 	qemu(t, "qemu-img", "compare", "-q", dst+"1", ref)
 }
+
+// Committing private copies gives the same image as MergeArgs.
+func TestCommitChain(t *testing.T) {
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		t.Skip("qemu-img not installed (make deps)")
+	}
+	d := t.TempDir()
+	live := filepath.Join(d, "live")
+	qemu(t, "qemu-img", "create", "-q", "-f", "qcow2", live, "16M")
+	qemu(t, "qemu-io", "-c", "write -P 0x11 0 4M", live)
+	files := []string{filepath.Join(d, "f0"), filepath.Join(d, "f1"), filepath.Join(d, "f2")}
+	qemu(t, "qemu-img", "convert", "-O", "qcow2", live, files[0])
+	for i, w := range []string{"write -P 0x22 1M 1M", "write -z 0 64k"} {
+		qemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", files[i], "-F", "qcow2", files[i+1])
+		qemu(t, "qemu-io", "-c", w, files[i+1])
+		qemu(t, "qemu-io", "-c", w, live)
+		qemu(t, "qemu-img", "rebase", "-u", "-b", "", files[i+1])
+	}
+	for _, argv := range CommitArgs(files) {
+		qemu(t, argv...)
+	}
+	qemu(t, "qemu-img", "compare", "-q", files[0], live)
+}

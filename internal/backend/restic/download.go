@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"compress/gzip"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"onebackup/internal/backend"
 	"onebackup/internal/chain"
@@ -104,39 +106,52 @@ func (s *Store) PrepareDownload(ctx context.Context, u chain.URL, loc backend.Lo
 	return &backend.Download{Command: []string{self, "cat-file", out}, Clean: []string{self, "clean-temp", tmp}}, nil
 }
 
+// pullAndMerge pulls the file of disk idx of every snapshot (in parallel) into tmp/pieces and
+// merges them into one standalone image at tmp/<name of u.Path>. The pieces are private copies,
+// so they are chained and committed into the full one in place: only the increments are written.
 func (s *Store) pullAndMerge(ctx context.Context, loc backend.Location, snaps []snapshot, idx, tmp string, u chain.URL) (string, error) {
-	var pieces []string
-	for _, sn := range snaps {
+	pieces := make([]string, len(snaps))
+	srcs := make([]string, len(snaps))
+	for i, sn := range snaps {
 		src, err := diskFile(sn, idx)
 		if err != nil {
 			return "", err
 		}
-		dst := filepath.Join(tmp, "pieces", path.Base(src))
-		if slices.Contains(pieces, dst) {
-			return "", fmt.Errorf("two restore points hold %s", path.Base(src))
-		}
-		if err := s.pull(ctx, loc, sn.short(), src, dst); err != nil {
-			return "", err
-		}
-		pieces = append(pieces, dst)
+		srcs[i], pieces[i] = src, filepath.Join(tmp, "pieces", strconv.Itoa(i)+"."+path.Base(src))
+	}
+	sem := make(chan struct{}, pullParallel)
+	errs := make([]error, len(snaps))
+	var wg sync.WaitGroup
+	for i := range snaps {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(i int) {
+			defer func() { <-sem; wg.Done() }()
+			errs[i] = s.pull(ctx, loc, snaps[i].short(), srcs[i], pieces[i])
+		}(i)
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return "", err
 	}
 	if u.RBD {
 		out := filepath.Join(tmp, fmt.Sprintf("disk.%s.%d.tar.gz", idx, u.Chain.Last().ID))
-		return out, tarGz(out, pieces)
+		return out, tarGz(out, pieces, srcs)
 	}
 	out := filepath.Join(tmp, path.Base(u.Path))
-	args, err := qcow2.MergeArgs(pieces, out)
-	if err != nil {
-		return "", err
+	for _, argv := range qcow2.CommitArgs(pieces) {
+		if _, err := s.rt.Run(ctx, remote.Cmd{Target: remote.Local, Argv: argv}, true); err != nil {
+			return "", fmt.Errorf("cannot merge the restore points of disk %s: %w", idx, err)
+		}
 	}
-	if _, err := s.rt.Run(ctx, remote.Cmd{Target: remote.Local, Argv: args}, true); err != nil {
-		return "", fmt.Errorf("cannot merge the restore points of disk %s: %w", idx, err)
-	}
-	for _, p := range pieces {
+	for _, p := range pieces[1:] {
 		os.Remove(p)
 	}
-	return out, nil
+	return out, os.Rename(pieces[0], out)
 }
+
+// pullParallel is how many files are pulled from the repository at once.
+const pullParallel = 4
 
 // pull dumps one stored file into a local file.
 func (s *Store) pull(ctx context.Context, loc backend.Location, snap, src, dst string) error {
@@ -151,8 +166,9 @@ func (s *Store) pull(ctx context.Context, loc backend.Location, snap, src, dst s
 	return err
 }
 
-// tarGz bundles files (by base name) into a gzip tar, the form the Ceph image datastore imports.
-func tarGz(out string, files []string) error {
+// tarGz bundles files into a gzip tar under the base names of names, the form the Ceph image
+// datastore imports.
+func tarGz(out string, files, names []string) error {
 	f, err := os.OpenFile(out, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
 		return err
@@ -160,8 +176,8 @@ func tarGz(out string, files []string) error {
 	defer f.Close()
 	gz := gzip.NewWriter(f)
 	tw := tar.NewWriter(gz)
-	for _, p := range files {
-		if err := addToTar(tw, p); err != nil {
+	for i, p := range files {
+		if err := addToTar(tw, p, filepath.Base(names[i])); err != nil {
 			return err
 		}
 	}
@@ -174,7 +190,7 @@ func tarGz(out string, files []string) error {
 	return f.Close()
 }
 
-func addToTar(tw *tar.Writer, p string) error {
+func addToTar(tw *tar.Writer, p, name string) error {
 	in, err := os.Open(p)
 	if err != nil {
 		return err
@@ -184,7 +200,7 @@ func addToTar(tw *tar.Writer, p string) error {
 	if err != nil {
 		return err
 	}
-	if err := tw.WriteHeader(&tar.Header{Name: filepath.Base(p), Mode: 0o644, Size: st.Size(), ModTime: st.ModTime()}); err != nil {
+	if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: st.Size(), ModTime: st.ModTime()}); err != nil {
 		return err
 	}
 	_, err = io.Copy(tw, in)
