@@ -153,3 +153,34 @@ func TestResticDownloaderRefusesHostileURLs(t *testing.T) {
 	}
 	_ = regexp.MustCompile
 }
+
+func TestRsyncDownloaderRefusesHostileURLs(t *testing.T) {
+	base := resetDS(t, 217)
+	ds := rsyncDS(217, nil)
+	env := onedWithDatastores(t, map[int]string{217: ds})
+	good := base + "/76/abc123/disk.0.0"
+	drv := filepath.Join(h.repo, "drivers", "rsync_downloader.rb")
+	for url, want := range map[string]string{
+		"rsync://217//0:abc123" + base + "/76/abc123/../abc123/disk.0.0": "'..' is not allowed",
+		"rsync://217//0:abc;23" + good:                                   "invalid rsync snapshot id",
+		"rsync://217//0:abc123" + good + "'":                             "characters outside",
+		"rsync://217//0:abc123\n" + good:                                 "invalid rsync snapshot id",
+		"sftp://217//0:abc123" + good:                                    "unknown scheme",
+		"rsync://217/1 2/0:abc123" + good:                                "invalid backup job id",
+		"rsync://217//0:abc123/etc/passwd":                               "not a disk file",
+		"rsync://217//0:abc123/var/lib/one/datastores/217/76/abc123":     "not a disk file",
+	} {
+		t.Run(url, func(t *testing.T) { h.refusedPath(t, drv, []string{url}, nil, want, env...) })
+	}
+	// Well-formed, but outside BASE_PATH or in another backup's directory: refused before any
+	// command line is printed.
+	for url, want := range map[string]string{
+		"rsync://217//0:abc123/tmp/217/76/abc123/disk.0.0":              "is not a file of backup",
+		"rsync://217//0:abc123,1:def456" + base + "/76/abc123/disk.0.1": "is not a file of backup",
+	} {
+		r := h.driverAt(t, drv, []string{url}, nil, env...)
+		if r.code == 0 || strings.Contains(r.stdout, "command=") || !strings.Contains(r.stderr, want) {
+			t.Errorf("%s: exit %d, stdout %q, stderr %q (want %q)", url, r.code, r.stdout, r.stderr, want)
+		}
+	}
+}
