@@ -1,17 +1,21 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"onebackup/internal/backend"
 	"onebackup/internal/backend/restic"
 	"onebackup/internal/backend/rsync"
 	"onebackup/internal/one"
+	"onebackup/internal/oned"
 	"onebackup/internal/validate"
 )
 
@@ -113,106 +117,138 @@ func backupCancelCommand(name string) *cobra.Command {
 	return c
 }
 
-func rmCommand(open backend.Opener) *cobra.Command {
-	var o options
-	c := &cobra.Command{
-		Use:   "rm IMAGE_ID",
-		Short: "Delete every restore point of a backup image (stdin: base64 IMAGE and DATASTORE)",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if _, err := validate.ID("image id", args[0]); err != nil {
-				return err
-			}
-			msg, err := o.message()
-			if err != nil {
-				return err
-			}
-			rt, ctx, done := o.runtime()
-			defer done()
-			return backend.Remove(ctx, rt, open, msg)
-		},
-	}
-	o.register(c)
-	return c
+// action is a datastore action that reads the action XML, checks its id argument (when it takes
+// one) and prints what run returns.
+type action struct {
+	use, short, long string
+	idName           string // what the one positional argument is; "" when there is none
+	run              func(ctx context.Context, rt *backend.Runtime, msg *one.Message) (string, error)
 }
 
-func statCommand(open backend.Opener) *cobra.Command {
+func (a action) command(flags func(*pflag.FlagSet)) *cobra.Command {
 	var o options
 	c := &cobra.Command{
-		Use:   "stat REQUEST_ID",
-		Short: "Print the size (MiB) of the disk a backup URL points to (stdin: base64 IMAGE and DATASTORE)",
-		Args:  cobra.ExactArgs(1),
+		Use: a.use, Short: a.short, Long: a.long, Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if a.idName != "" {
+				if _, err := validate.ID(a.idName, args[0]); err != nil {
+					return err
+				}
+			}
 			msg, err := o.message()
 			if err != nil {
 				return err
 			}
 			rt, ctx, done := o.runtime()
 			defer done()
-			size, err := backend.Stat(ctx, rt, open, msg)
+			out, err := a.run(ctx, rt, msg)
 			if err != nil || rt.DryRun {
 				return err
 			}
-			_, err = fmt.Println(size)
+			_, err = io.WriteString(os.Stdout, out)
 			return err
 		},
 	}
+	if a.idName != "" {
+		c.Args = cobra.ExactArgs(1)
+	}
 	o.register(c)
+	if flags != nil {
+		flags(c.Flags())
+	}
 	return c
+}
+
+func rmCommand(open backend.Opener) *cobra.Command {
+	return action{
+		use: "rm IMAGE_ID", idName: "image id",
+		short: "Delete every restore point of a backup image (stdin: base64 IMAGE and DATASTORE)",
+		run: func(ctx context.Context, rt *backend.Runtime, msg *one.Message) (string, error) {
+			return "", backend.Remove(ctx, rt, open, msg)
+		},
+	}.command(nil)
+}
+
+func statCommand(open backend.Opener) *cobra.Command {
+	return action{
+		use: "stat REQUEST_ID", idName: "request id",
+		short: "Print the size (MiB) of the disk a backup URL points to (stdin: base64 IMAGE and DATASTORE)",
+		run: func(ctx context.Context, rt *backend.Runtime, msg *one.Message) (string, error) {
+			size, err := backend.Stat(ctx, rt, open, msg)
+			return size + "\n", err
+		},
+	}.command(nil)
 }
 
 func monitorCommand(open backend.Opener) *cobra.Command {
-	var o options
-	c := &cobra.Command{
-		Use:   "monitor DATASTORE_ID",
-		Short: "Print the datastore's USED_MB, TOTAL_MB and FREE_MB (stdin: base64 DATASTORE)",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if _, err := validate.ID("datastore id", args[0]); err != nil {
-				return err
-			}
-			msg, err := o.message()
-			if err != nil {
-				return err
-			}
-			rt, ctx, done := o.runtime()
-			defer done()
+	return action{
+		use: "monitor DATASTORE_ID", idName: "datastore id",
+		short: "Print the datastore's USED_MB, TOTAL_MB and FREE_MB (stdin: base64 DATASTORE)",
+		run: func(ctx context.Context, rt *backend.Runtime, msg *one.Message) (string, error) {
 			u, err := backend.Monitor(ctx, rt, open, msg)
-			if err != nil || rt.DryRun {
-				return err
-			}
-			return one.MonitorReply(os.Stdout, u.UsedMB, u.TotalMB, u.FreeMB)
+			var b strings.Builder
+			one.MonitorReply(&b, u.UsedMB, u.TotalMB, u.FreeMB)
+			return b.String(), err
 		},
-	}
-	o.register(c)
-	return c
+	}.command(nil)
 }
 
 func lsCommand(open backend.Opener) *cobra.Command {
-	var o options
 	var incr int
-	c := &cobra.Command{
-		Use:   "ls [-i INCREMENT_ID]",
-		Short: "Print the URLs of the disks of a backup as JSON (stdin: DATASTORE, VM and IMAGE)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			msg, err := o.message()
-			if err != nil {
-				return err
-			}
-			rt, ctx, done := o.runtime()
-			defer done()
+	return action{
+		use:   "ls [-i INCREMENT_ID]",
+		short: "Print the URLs of the disks of a backup as JSON (stdin: DATASTORE, VM and IMAGE)",
+		run: func(ctx context.Context, rt *backend.Runtime, msg *one.Message) (string, error) {
 			urls, err := backend.List(ctx, rt, open, msg, incr)
-			if err != nil || rt.DryRun {
-				return err
+			if err != nil {
+				return "", err
 			}
-			return writeJSON(os.Stdout, urls)
+			var b strings.Builder
+			enc := json.NewEncoder(&b) // one line, keys sorted, no HTML escaping
+			enc.SetEscapeHTML(false)
+			err = enc.Encode(urls)
+			return b.String(), err
 		},
-	}
-	c.Flags().IntVarP(&incr, "increment", "i", -1, "restore point to list (-1: the last one)")
-	o.register(c)
-	return c
+	}.command(func(f *pflag.FlagSet) {
+		f.IntVarP(&incr, "increment", "i", -1, "restore point to list (-1: the last one)")
+	})
 }
+
+func flattenCommand(open backend.Opener) *cobra.Command {
+	return action{
+		use: "increment_flatten IMAGE_ID", idName: "image id",
+		short: "Merge the oldest increments beyond KEEP_LAST (stdin: base64 IMAGE, DATASTORE, EXTRA_DATA)",
+		long: "With N restore points and KEEP_LAST K < N, merges the oldest N-K+1 into one full restore point\n" +
+			"and prints \"<size_mb> <chain>\"; prints nothing when N <= K.",
+		run: func(ctx context.Context, rt *backend.Runtime, msg *one.Message) (string, error) {
+			out, err := backend.IncrementFlatten(ctx, rt, open, msg)
+			if out != "" {
+				out += "\n"
+			}
+			return out, err
+		},
+	}.command(nil)
+}
+
+func restoreCommand(open backend.Opener) *cobra.Command {
+	return action{
+		use: "restore REQUEST_ID", idName: "request id",
+		short: "Create images (and a VM template) from a backup (stdin: base64 IMAGE, DATASTORE, DESTINATION_DS_ID, TEMPLATE)",
+		long: "Creates, as TEMPLATE/USERNAME, one image per disk of the restore point in DESTINATION_DS_ID\n" +
+			"and, unless TEMPLATE/DISK_ID is given, a VM template using them; prints\n" +
+			"\"<template_id|-1> <image_id>…\". Options in TEMPLATE: NAME, NO_IP, NO_NIC, INCREMENT_ID, DISK_ID.\n" +
+			"On failure the images already created are deleted again. oned is reached through ONE_XMLRPC\n" +
+			"(or one_endpoint) and ONE_CIPHER_AUTH (or <var>/.one/onegate_auth).",
+		run: func(ctx context.Context, rt *backend.Runtime, msg *one.Message) (string, error) {
+			out, err := backend.Restore(ctx, rt, open, msg, impersonate)
+			return out + "\n", err
+		},
+	}.command(nil)
+}
+
+// impersonate is a client of oned acting as the user who asked for the restore, through the
+// server credentials of ONE_CIPHER_AUTH (<var>/.one/onegate_auth).
+func impersonate(user string) (backend.OnedAPI, error) { return oned.Impersonate(user) }
 
 func unsupportedCommand(action string) *cobra.Command {
 	return &cobra.Command{
@@ -226,11 +262,4 @@ func unsupportedCommand(action string) *cobra.Command {
 			return &exitError{code: one.ExitUnsupported, err: fmt.Errorf("%s: Operation not supported", action)}
 		},
 	}
-}
-
-// writeJSON prints a map as one line of JSON (keys sorted) without HTML escaping.
-func writeJSON(w io.Writer, m map[string]string) error {
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false)
-	return enc.Encode(m)
 }

@@ -175,36 +175,6 @@ func cleanTempCommand() *cobra.Command {
 	return c
 }
 
-func flattenCommand(open backend.Opener) *cobra.Command {
-	var o options
-	c := &cobra.Command{
-		Use:   "increment_flatten IMAGE_ID",
-		Short: "Merge the oldest increments beyond KEEP_LAST (stdin: base64 IMAGE, DATASTORE, EXTRA_DATA)",
-		Long: "With N restore points and KEEP_LAST K < N, merges the oldest N-K+1 into one full restore point\n" +
-			"and prints \"<size_mb> <chain>\"; prints nothing when N <= K.",
-		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if _, err := validate.ID("image id", args[0]); err != nil {
-				return err
-			}
-			msg, err := o.message()
-			if err != nil {
-				return err
-			}
-			rt, ctx, done := o.runtime()
-			defer done()
-			out, err := backend.IncrementFlatten(ctx, rt, open, msg)
-			if err != nil || out == "" {
-				return err
-			}
-			_, err = fmt.Println(out)
-			return err
-		},
-	}
-	o.register(c)
-	return c
-}
-
 // lookupDatastore reads a datastore from oned (one.datastore.info, decrypted) with the
 // driver's credentials (ONE_AUTH, ~/.one/one_auth).
 func lookupDatastore(ctx context.Context, id int) (*one.Datastore, error) {
