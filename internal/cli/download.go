@@ -109,68 +109,38 @@ func target(s string) (remote.Target, error) {
 
 // catFileCommand streams a prepared or stored file, locally or from a repository host.
 func catFileCommand() *cobra.Command {
-	var o options
-	var host string
-	c := &cobra.Command{
-		Use:    "cat-file [--host USER@HOST] PATH",
-		Short:  "Write a prepared download to stdout",
-		Hidden: true,
-		Args:   cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkServedPath(args[0]); err != nil {
-				return err
-			}
-			t, err := target(host)
-			if err != nil {
-				return err
-			}
-			if t.Host == "" {
-				f, err := os.Open(args[0])
-				if err != nil {
-					return err
-				}
-				defer f.Close()
-				_, err = io.Copy(os.Stdout, f)
-				return err
-			}
-			rt, ctx, done := o.runtime()
-			defer done()
-			_, err = rt.Runner.Run(ctx, remote.Cmd{Target: t, Argv: []string{"cat", "--", args[0]}, Stdout: os.Stdout})
-			return err
-		},
-	}
-	c.Flags().StringVar(&host, "host", "", "read the file on `USER@HOST` over ssh")
-	o.registerNoXML(c)
-	return c
+	return fileCommand("cat-file [--host USER@HOST] PATH", "Write a prepared download to stdout",
+		checkServedPath, func(p string) []string { return []string{"cat", "--", p} })
 }
 
 // cleanTempCommand removes a temporary directory of a download.
 func cleanTempCommand() *cobra.Command {
+	return fileCommand("clean-temp [--host USER@HOST] DIR", "Remove the temporary directory of a download",
+		backend.CheckTempDir, func(p string) []string { return []string{"rm", "-rf", "--", p} })
+}
+
+// fileCommand runs one fixed command on a checked path, locally or on --host over ssh: the
+// commands downloader.sh evaluates.
+func fileCommand(use, short string, check func(string) error, argv func(string) []string) *cobra.Command {
 	var o options
 	var host string
 	c := &cobra.Command{
-		Use:    "clean-temp [--host USER@HOST] DIR",
-		Short:  "Remove the temporary directory of a download",
-		Hidden: true,
-		Args:   cobra.ExactArgs(1),
+		Use: use, Short: short, Hidden: true, Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := backend.CheckTempDir(args[0]); err != nil {
+			if err := check(args[0]); err != nil {
 				return err
 			}
 			t, err := target(host)
 			if err != nil {
 				return err
 			}
-			if t.Host == "" {
-				return os.RemoveAll(args[0])
-			}
 			rt, ctx, done := o.runtime()
 			defer done()
-			_, err = rt.Runner.Run(ctx, remote.Cmd{Target: t, Argv: []string{"rm", "-rf", "--", args[0]}})
+			_, err = rt.Runner.Run(ctx, remote.Cmd{Target: t, Argv: argv(args[0]), Stdout: os.Stdout})
 			return err
 		},
 	}
-	c.Flags().StringVar(&host, "host", "", "remove the directory on `USER@HOST` over ssh")
+	c.Flags().StringVar(&host, "host", "", "run on `USER@HOST` over ssh")
 	o.registerNoXML(c)
 	return c
 }
