@@ -73,8 +73,38 @@ t_monitor=$(time_runs "$runs" "$repo/drivers/restic/monitor" "$ds")
 echo "<DS_DRIVER_ACTION_DATA>$dsxml$vmxml$img</DS_DRIVER_ACTION_DATA>" >"$work/in"
 t_ls=$(time_runs "$runs" "$repo/drivers/restic/ls" -i -1)
 
+# --- rsync: a 1 GiB sparse disk holding 128 MiB of data ------------------------------------
+rds=951
+rbase=/var/lib/one/datastores/$rds
+rm -rf "$stage" "$rbase" && mkdir -p "$stage" "$rbase"
+truncate -s 1G "$stage/disk.0.0"
+head -c 128M /dev/urandom | dd of="$stage/disk.0.0" bs=1M seek=256 conv=notrunc status=none
+printf '<VM><ID>%s</ID><TEMPLATE><DISK><DISK_ID>0</DISK_ID><SIZE>1024</SIZE></DISK></TEMPLATE></VM>' "$vm" | base64 -w60 >"$stage/vm.xml"
+chown -R oneadmin:oneadmin /var/lib/one/datastores
+rdsxml="<DATASTORE><ID>$rds</ID><DS_MAD>rsync</DS_MAD><BASE_PATH>$rbase</BASE_PATH><TEMPLATE><RSYNC_HOST>bk1</RSYNC_HOST><RSYNC_USER>oneadmin</RSYNC_USER></TEMPLATE></DATASTORE>"
+echo "<DS_DRIVER_ACTION_DATA>$rdsxml$vmxml</DS_DRIVER_ACTION_DATA>" >"$work/in"
+t0=$(now)
+rreply=$(as_oneadmin "$repo/drivers/rsync/backup" "hv1:/var/lib/one//datastores/0/$vm" 0 "one-$vm" - "$vm" 0 <"$work/in")
+t_rdriver=$(echo "$(now) - $t0" | bc)
+rid=${rreply%% *}
+as_oneadmin ssh bk1 mkdir -p "$rbase/byhand"
+t0=$(now)
+as_oneadmin ssh -A hv1 rsync -aS "$stage/" "oneadmin@bk1:$rbase/byhand/"
+t_rhand=$(echo "$(now) - $t0" | bc)
+rurl="rsync://$rds//0:$rid$rbase/$vm/$rid/disk.0.0"
+printf '<DS_DRIVER_ACTION_DATA><IMAGE><PATH>%s</PATH></IMAGE>%s</DS_DRIVER_ACTION_DATA>' "$rurl" "$rdsxml" | base64 -w0 >"$work/in"
+t_rstat=$(time_runs "$runs" "$repo/drivers/rsync/stat" 1)
+echo "$rdsxml" | base64 -w0 >"$work/in"
+t_rmonitor=$(time_runs "$runs" "$repo/drivers/rsync/monitor" "$rds")
+rm -rf "$rbase"
+
 printf '\nrestic driver, %s runs each, median wall time (s):\n' "$runs"
 printf '  stat     %s\n  monitor  %s\n  ls       %s\n' "$t_stat" "$t_monitor" "$t_ls"
 printf 'backup of a %s MiB staged disk over SFTP (s):\n' "$size_mib"
 printf '  drivers/restic/backup        %.2f   (includes repository creation)\n' "$t_driver"
 printf '  restic backup run by hand    %.2f\n' "$t_hand"
+printf '\nrsync driver, %s runs each, median wall time (s):\n' "$runs"
+printf '  stat     %s\n  monitor  %s\n' "$t_rstat" "$t_rmonitor"
+printf 'backup of a 1 GiB sparse staged disk with 128 MiB of data (s):\n'
+printf '  drivers/rsync/backup         %.2f\n' "$t_rdriver"
+printf '  rsync -aS run by hand        %.2f\n' "$t_rhand"
