@@ -85,6 +85,9 @@ func (e *ExitError) Error() string {
 		return fmt.Sprintf("%s on %s failed: destination full: %s", e.Prog, e.Target, detail)
 	}
 	if e.Target.Host != "" && e.Code == agent.ExitNotFound {
+		if !strings.Contains(e.Stderr, "onebackup agent:") { // the shell could not start the agent itself
+			return fmt.Sprintf("onebackup is not installed on %s (%s): copy the remotes there with `onehost sync`", e.Target, detail)
+		}
 		return fmt.Sprintf("%s not found on %s: %s", e.Prog, e.Target, detail)
 	}
 	return fmt.Sprintf("%s on %s exited with code %d: %s", e.Prog, e.Target, e.Code, detail)
