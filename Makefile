@@ -3,6 +3,11 @@ GO        ?= go
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X onebackup/internal/cli.Version=$(VERSION)
 BIN       := bin/onebackup
+# The hypervisor-side binary links libvirt (cgo, needs libvirt-dev): built by build-host only.
+HOST_BIN  := bin/onebackup-host
+HOST_LDFLAGS := -s -w -X onebackup/internal/hostcli.Version=$(VERSION)
+TM_DRIVERS := qcow2 shared ssh local
+TM_ACTIONS := prebackup prebackup_live postbackup postbackup_live
 # Where `make install` lays out OpenNebula's remotes tree.
 DESTDIR   ?=
 REMOTES   ?= /var/lib/one/remotes
@@ -10,21 +15,28 @@ RESTIC    ?= $(CURDIR)/.cache/bin/restic
 RESTIC_ACTIONS := backup backup_cancel rm stat monitor ls restore increment_flatten cp clone mkfs snap_delete snap_revert snap_flatten
 RSYNC_ACTIONS  := backup backup_cancel rm stat monitor ls restore increment_flatten cp clone mkfs snap_delete snap_revert snap_flatten export
 
-.PHONY: all build test unit demo install deps bench clean
+.PHONY: all build build-host test unit demo install deps deps-kvm bench clean
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/onebackup
 
+build-host:
+	CGO_ENABLED=1 $(GO) build -trimpath -ldflags '$(HOST_LDFLAGS)' -o $(HOST_BIN) ./cmd/onebackup-host
+
 # Everything the tests need (packages, restic 0.18.1, the oneadmin user) is installed by the script.
 deps:
 	test/harness/setup-deps.sh
 
+# libvirt, QEMU and libvirt-dev for the host binary and the KVM tests.
+deps-kvm:
+	test/harness/setup-kvm.sh
+
 unit:
 	$(GO) test ./internal/...
 
-test: deps build
+test: deps deps-kvm build build-host
 	$(GO) test -count=1 -timeout 40m ./...
 
 demo: deps build
@@ -39,6 +51,9 @@ install: build
 	for a in $(RESTIC_ACTIONS); do ln -sfn ../onebackup $(DESTDIR)$(REMOTES)/datastore/restic/$$a; done
 	for a in $(RSYNC_ACTIONS); do ln -sfn ../onebackup $(DESTDIR)$(REMOTES)/datastore/rsync/$$a; done
 	for b in restic rsync; do ln -sfn onebackup $(DESTDIR)$(REMOTES)/datastore/$${b}_downloader.rb; done
+	for m in $(TM_DRIVERS); do install -d $(DESTDIR)$(REMOTES)/tm/$$m; \
+	  for a in $(TM_ACTIONS); do install -m 0755 drivers/tm/qcow2/$$a $(DESTDIR)$(REMOTES)/tm/$$m/$$a; done; done
+	if [ -x "$(HOST_BIN)" ]; then install -m 0755 $(HOST_BIN) $(DESTDIR)$(REMOTES)/tm/onebackup-host; fi
 	if [ -x "$(RESTIC)" ]; then install -m 0755 $(RESTIC) $(DESTDIR)$(REMOTES)/datastore/restic/restic; fi
 
 clean:

@@ -1,0 +1,328 @@
+// Package hostcli is the host side of the TM backup actions: "onebackup-host host backup" and
+// "host postbackup" run on the hypervisor (started over ssh by the frontend's TM action, or by
+// hand), resolve the request against the matrix and drive the storage adapter.
+package hostcli
+
+import (
+	"archive/tar"
+	"compress/gzip"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"onebackup/internal/storage"
+)
+
+// Version is set at build time.
+var Version = "dev"
+
+type logger struct{ w io.Writer }
+
+func (l logger) Infof(f string, a ...any) { fmt.Fprintf(l.w, "INFO: "+f+"\n", a...) }
+func (l logger) Warnf(f string, a ...any) { fmt.Fprintf(l.w, "WARNING: "+f+"\n", a...) }
+
+// Main runs the host binary.
+func Main(argv []string) int {
+	root := &cobra.Command{
+		Use:           "onebackup-host",
+		Short:         "Host side of OpenNebula VM backups (runs on hypervisors)",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       Version,
+	}
+	host := &cobra.Command{Use: "host", Short: "Backup work on this hypervisor"}
+	root.AddCommand(host)
+	host.AddCommand(command("backup", "Stage the selected disks of a VM for the datastore backup action (TM prebackup[_live])", runBackup))
+	host.AddCommand(command("postbackup", "Finish a backup: chain anchors, cleanup (TM postbackup[_live])", runPostbackup))
+	root.SetArgs(argv[1:])
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "ERROR:", strings.Join(strings.Fields(err.Error()), " "))
+		return 1
+	}
+	return 0
+}
+
+func command(name, short string, fn func(context.Context, *options) error) *cobra.Command {
+	o := &options{}
+	c := &cobra.Command{
+		Use:   name,
+		Short: short,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+			defer stop()
+			if err := confine(o.nice, o.ionice); err != nil {
+				return err
+			}
+			return fn(ctx, o)
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&o.vmXMLFile, "vm-xml", "", "VM XML `FILE` (raw or base64; - = stdin); default $"+VMXMLEnv+" or stdin")
+	f.StringVar(&o.disks, "disks", "", "disk ids to back up, colon separated (argv $2 of the TM action)")
+	f.StringVar(&o.vmDir, "vm-dir", "", "VM directory on this host (default /var/lib/one/datastores/<DS_ID>/<VM ID>)")
+	f.StringVar(&o.deployID, "deploy-id", "", "libvirt domain UUID or name (default VM/DEPLOY_ID)")
+	f.StringVar(&o.backupDir, "backup-dir", "", "staging directory (default <VM dir>/backup; <BACKUP_BASE_PATH>/<vid>/backup)")
+	f.StringVar(&o.tmMad, "tm-mad", "", "system datastore TM_MAD (default HISTORY/TM_MAD)")
+	f.BoolVar(&o.live, "live", false, "live backup (default: from LCM_STATE 69)")
+	f.BoolVar(&o.poweroff, "poweroff", false, "power-off backup (default: from LCM_STATE)")
+	f.BoolVar(&o.failure, "failure", false, "postbackup after a failed backup (as BACKUP_RESULT=FAILURE)")
+	f.BoolVarP(&o.dryRun, "dry-run", "n", false, "resolve and print the plan; change nothing")
+	f.IntVar(&o.nice, "nice", -100, "run with this nice value")
+	f.IntVar(&o.ionice, "ionice", -1, "run in I/O class best-effort with this level (0-7)")
+	c.MarkFlagRequired("disks")
+	return c
+}
+
+// confine lowers this process's (and its children's) CPU and I/O priority.
+func confine(nice, ionice int) error {
+	if nice != -100 {
+		if err := syscall.Setpriority(syscall.PRIO_PROCESS, 0, nice); err != nil {
+			return fmt.Errorf("cannot set nice %d: %v", nice, err)
+		}
+	}
+	if ionice >= 0 {
+		const ioprioClassBE, ioprioWhoProcess = 2, 1
+		prio := ioprioClassBE<<13 | (ionice & 7)
+		if _, _, e := syscall.Syscall(syscall.SYS_IOPRIO_SET, ioprioWhoProcess, 0, uintptr(prio)); e != 0 {
+			return fmt.Errorf("cannot set ionice %d: %v", ionice, e)
+		}
+	}
+	return nil
+}
+
+// lockVM serialises the runs for one VM (a cancelled prebackup still cleaning up and the
+// failure postbackup that follows it).
+func lockVM(ctx context.Context, vmDir string) (func(), error) {
+	if err := os.MkdirAll(vmDir, 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(vmDir, ".backup.lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err == nil {
+			return func() { f.Close() }, nil
+		}
+		if time.Now().After(deadline) {
+			f.Close()
+			return nil, fmt.Errorf("another backup run of this VM holds %s", f.Name())
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func prepare(ctx context.Context, o *options) (*storage.Job, *vmXML, storage.Adapter, error) {
+	log := logger{os.Stderr}
+	vm, err := o.readVMXML()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	j, err := o.buildJob(ctx, vm, log)
+	if err != nil {
+		return nil, vm, nil, err
+	}
+	a, err := storage.Get(j.Decision.Adapter)
+	if err != nil {
+		return j, vm, nil, err
+	}
+	return j, vm, a, nil
+}
+
+func runBackup(ctx context.Context, o *options) error {
+	j, vm, a, err := prepare(ctx, o)
+	if err != nil {
+		return err
+	}
+	if j.DryRun {
+		fmt.Printf("VM %d: %s %s backup via adapter %s, increment %d (parent %d), mode %s, FS_FREEZE %s\n",
+			j.VMID, j.Decision.Row.Name(), kindOf(j), j.Decision.Adapter, j.BID, j.PID, modeOf(j), j.FSFreeze)
+		fmt.Printf("VM dir %s, staging %s\n", j.VMDir, j.BackupDir)
+		for _, d := range j.Disks {
+			fmt.Printf("disk %d (%s, %s) %s -> %s/disk.%d.%d\n", d.ID, d.Target, d.Format, d.Path, j.BackupDir, d.ID, j.BID)
+		}
+		return nil
+	}
+	unlock, err := lockVM(ctx, j.VMDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if err := a.Cleanup(ctx, j); err != nil {
+		return fmt.Errorf("leftovers of an earlier backup of VM %d: %w", j.VMID, err)
+	}
+	err = stage(ctx, j, vm, a)
+	if err == nil {
+		j.Log.Infof("VM %d: staged %s backup %d in %s", j.VMID, kindOf(j), j.BID, j.BackupDir)
+		return nil
+	}
+	// Failed or cancelled: put the VM back as it was, drop this try's anchor and files.
+	if ctx.Err() != nil {
+		err = fmt.Errorf("backup of VM %d cancelled: %w", j.VMID, err)
+	}
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	j.Success = false
+	if ferr := a.Finish(cctx, j); ferr != nil {
+		err = fmt.Errorf("%w (cleanup: %v)", err, ferr)
+	}
+	os.RemoveAll(j.BackupDir)
+	return err
+}
+
+func stage(ctx context.Context, j *storage.Job, vm *vmXML, a storage.Adapter) error {
+	if err := os.RemoveAll(j.BackupDir); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(j.BackupDir, 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(j.BackupDir, "vm.xml"), []byte(base64Lines(vm.raw)), 0o644); err != nil {
+		return err
+	}
+	if vm.text("TEMPLATE/TPM/MODEL") != "" {
+		if err := tarTPM(filepath.Join(j.VMDir, "tpm"), filepath.Join(j.BackupDir, "disk.tpm.0")); err != nil {
+			return fmt.Errorf("vTPM state: %v", err)
+		}
+	}
+	return a.Backup(ctx, j)
+}
+
+func runPostbackup(ctx context.Context, o *options) error {
+	j, _, a, err := prepare(ctx, o)
+	if j == nil {
+		return err
+	}
+	// Whatever else failed, the staging area goes.
+	defer removeStaging(j)
+	if err != nil {
+		return err
+	}
+	if j.DryRun {
+		fmt.Printf("VM %d: postbackup (%s), success=%v: keep anchor %d\n", j.VMID, kindOf(j), j.Success, map[bool]int{true: j.BID, false: j.PID}[j.Success])
+		return nil
+	}
+	unlock, err := lockVM(context.WithoutCancel(ctx), j.VMDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return a.Finish(ctx, j)
+}
+
+func removeStaging(j *storage.Job) {
+	if j.DryRun {
+		return
+	}
+	os.RemoveAll(j.BackupDir)
+	// With BACKUP_BASE_PATH the staging is <base>/<vid>/backup: <base>/<vid> goes too.
+	if parent := filepath.Dir(j.BackupDir); filepath.Base(j.BackupDir) == "backup" && filepath.Base(parent) == fmt.Sprint(j.VMID) && parent != j.VMDir {
+		os.RemoveAll(parent)
+	}
+}
+
+func kindOf(j *storage.Job) string {
+	k := "full"
+	if j.PID >= 0 {
+		k = "incremental"
+	}
+	if j.Decision.Live {
+		return k + " live"
+	}
+	return k + " power-off"
+}
+
+func modeOf(j *storage.Job) string {
+	if !j.Decision.Incremental {
+		return "FULL"
+	}
+	return "INCREMENT/" + string(j.Decision.IncrementMode)
+}
+
+// base64Lines is vm.xml: MIME-style base64 (60-character lines) and a trailing newline.
+func base64Lines(data []byte) string {
+	enc := base64.StdEncoding.EncodeToString(data)
+	var b strings.Builder
+	for len(enc) > 60 {
+		b.WriteString(enc[:60] + "\n")
+		enc = enc[60:]
+	}
+	b.WriteString(enc + "\n")
+	return b.String()
+}
+
+// tarTPM writes a gzip'd tar of dir with member names starting with "tpm/".
+func tarTPM(dir, out string) error {
+	if _, err := os.Stat(dir); err != nil {
+		return err
+	}
+	f, err := os.Create(out)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	zw := gzip.NewWriter(f)
+	tw := tar.NewWriter(zw)
+	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(filepath.Dir(dir), p)
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if !info.Mode().IsRegular() && !info.IsDir() {
+			return nil
+		}
+		hdr, err := tar.FileInfoHeader(info, "")
+		if err != nil {
+			return err
+		}
+		hdr.Name = filepath.ToSlash(rel)
+		if info.IsDir() {
+			hdr.Name += "/"
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+		if info.Mode().IsRegular() {
+			src, err := os.Open(p)
+			if err != nil {
+				return err
+			}
+			defer src.Close()
+			_, err = io.Copy(tw, src)
+			return err
+		}
+		return nil
+	})
+	if err == nil {
+		err = tw.Close()
+	}
+	if err == nil {
+		err = zw.Close()
+	}
+	if err != nil {
+		return errors.Join(err, os.Remove(out))
+	}
+	return nil
+}

@@ -1,0 +1,245 @@
+// Package matrix is the compatibility matrix of host-side VM backups (hypervisor × storage ×
+// full/incremental × live/power-off) as one table, and the resolver that checks every backup
+// request against it. Nothing else in the project decides whether a combination is supported:
+// adapters are chosen here, and the tests iterate this same table.
+package matrix
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Hypervisor is VM_MAD of the VM's last history record.
+type Hypervisor string
+
+const (
+	KVM Hypervisor = "kvm"
+	LXC Hypervisor = "lxc"
+)
+
+// Storage is the kind of a disk as the host side sees it.
+type Storage string
+
+const (
+	FileQcow2 Storage = "file-qcow2" // qcow2 file on a qcow2/shared/ssh/local system datastore
+	FileRaw   Storage = "file-raw"   // raw file on the same drivers
+	Ceph      Storage = "ceph"       // RBD image
+	LVMThin   Storage = "lvm-thin"   // thin LV (fs_lvm_ssh with LVM_THIN_ENABLE, lvm)
+	LVMThick  Storage = "lvm-thick"  // thick LV (fs_lvm_ssh)
+	LVMShared Storage = "lvm-shared" // fs_lvm: no backup support at all
+)
+
+// Adapter names (internal/storage implementations).
+const (
+	AdapterKVMFile = "kvm-file"
+	AdapterCeph    = "ceph"
+	AdapterLVMThin = "lvm-thin"
+	AdapterLVM     = "lvm"
+	AdapterLXCFile = "lxc-file"
+	AdapterLXCCeph = "lxc-ceph"
+	AdapterLXCLVM  = "lxc-lvm-thin"
+)
+
+// Cell is one (full|incremental, live|power-off) entry of a row.
+type Cell struct {
+	OK     bool
+	Reason string // why not, for the error message (only when !OK)
+}
+
+func yes() Cell          { return Cell{OK: true} }
+func no(why string) Cell { return Cell{Reason: why} }
+
+// Row is one line of the matrix.
+type Row struct {
+	Hypervisor   Hypervisor
+	Storage      Storage
+	Adapter      string // the storage adapter serving every allowed cell of the row
+	FullLive     Cell
+	FullPowerOff Cell
+	IncrLive     Cell
+	IncrPowerOff Cell
+	// IncrementModes lists the INCREMENT_MODE values that mean something for the row (the
+	// KVM file adapter: CBT and SNAPSHOT; others ignore INCREMENT_MODE, as the reference).
+	IncrementModes []IncrementMode
+	// FreezeNone: live backups need FS_FREEZE=NONE (LXC rows: there is no libvirt domain to
+	// freeze or suspend).
+	FreezeNoneOnly bool
+}
+
+// Name is how errors name the row ("KVM file raw").
+func (r Row) Name() string {
+	return strings.ToUpper(string(r.Hypervisor)) + " " + strings.ReplaceAll(string(r.Storage), "-", " ")
+}
+
+// Cell returns the entry for a kind and a mode.
+func (r Row) Cell(incremental, live bool) Cell {
+	switch {
+	case !incremental && live:
+		return r.FullLive
+	case !incremental:
+		return r.FullPowerOff
+	case live:
+		return r.IncrLive
+	default:
+		return r.IncrPowerOff
+	}
+}
+
+// IncrementMode is BACKUP_CONFIG/INCREMENT_MODE.
+type IncrementMode string
+
+const (
+	CBT      IncrementMode = "CBT"
+	Snapshot IncrementMode = "SNAPSHOT"
+)
+
+const (
+	rawFullOnly   = "raw disks support full backups only (oned forces MODE=FULL for VMs with raw file disks; convert the disk to qcow2 for incremental backups)"
+	thickFullOnly = "thick LVM supports power-off full backups only (enable LVM_THIN_ENABLE for live and incremental backups)"
+	lvmShared     = "the fs_lvm (shared LVM) driver does not support backups"
+	lxcLive       = "LXC containers on this storage can be backed up only while powered off"
+	lxcIncr       = "LXC containers support full backups only"
+)
+
+// Table is the matrix (spec §0.3 with the project's policy for the rows the reference only
+// half-supports). Order matters only for listings.
+var Table = []Row{
+	{Hypervisor: KVM, Storage: FileQcow2, Adapter: AdapterKVMFile, FullLive: yes(), FullPowerOff: yes(), IncrLive: yes(), IncrPowerOff: yes(), IncrementModes: []IncrementMode{CBT, Snapshot}},
+	{Hypervisor: KVM, Storage: FileRaw, Adapter: AdapterKVMFile, FullLive: yes(), FullPowerOff: yes(), IncrLive: no(rawFullOnly), IncrPowerOff: no(rawFullOnly)},
+	{Hypervisor: KVM, Storage: Ceph, Adapter: AdapterCeph, FullLive: yes(), FullPowerOff: yes(), IncrLive: yes(), IncrPowerOff: yes()},
+	{Hypervisor: KVM, Storage: LVMThin, Adapter: AdapterLVMThin, FullLive: yes(), FullPowerOff: yes(), IncrLive: no("LVM thin supports full backups only"), IncrPowerOff: no("LVM thin supports full backups only")},
+	{Hypervisor: KVM, Storage: LVMThick, Adapter: AdapterLVM, FullLive: no(thickFullOnly), FullPowerOff: yes(), IncrLive: no(thickFullOnly), IncrPowerOff: no(thickFullOnly)},
+	{Hypervisor: KVM, Storage: LVMShared, FullLive: no(lvmShared), FullPowerOff: no(lvmShared), IncrLive: no(lvmShared), IncrPowerOff: no(lvmShared)},
+	{Hypervisor: LXC, Storage: FileQcow2, Adapter: AdapterLXCFile, FullLive: no(lxcLive), FullPowerOff: yes(), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr)},
+	{Hypervisor: LXC, Storage: FileRaw, Adapter: AdapterLXCFile, FullLive: no(lxcLive), FullPowerOff: yes(), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr)},
+	{Hypervisor: LXC, Storage: Ceph, Adapter: AdapterLXCCeph, FullLive: no(lxcLive), FullPowerOff: yes(), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr)},
+	{Hypervisor: LXC, Storage: LVMThin, Adapter: AdapterLXCLVM, FullLive: yes(), FullPowerOff: yes(), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr), FreezeNoneOnly: true},
+	{Hypervisor: LXC, Storage: LVMThick, FullLive: no("LXC on thick LVM: no backup support"), FullPowerOff: no("LXC on thick LVM: no backup support"), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr)},
+}
+
+// Lookup finds the row of a hypervisor and a storage kind.
+func Lookup(hv Hypervisor, st Storage) (Row, bool) {
+	for _, r := range Table {
+		if r.Hypervisor == hv && r.Storage == st {
+			return r, true
+		}
+	}
+	return Row{}, false
+}
+
+// Request is one backup as oned asks for it, for one disk.
+type Request struct {
+	Hypervisor    Hypervisor
+	Storage       Storage
+	Incremental   bool // MODE=INCREMENT
+	Live          bool // LCM state BACKUP (69) rather than BACKUP_POWEROFF (70)
+	IncrementMode IncrementMode
+	FSFreeze      string // NONE, AGENT, SUSPEND
+}
+
+// Decision is an allowed request: which adapter and how.
+type Decision struct {
+	Row           Row
+	Adapter       string
+	Incremental   bool
+	Live          bool
+	IncrementMode IncrementMode // "" for full backups and rows that ignore it
+}
+
+// Error is a request outside the matrix; the message names the row.
+type Error struct {
+	Row    string
+	Reason string
+}
+
+func (e *Error) Error() string { return e.Row + ": " + e.Reason }
+
+// Kind renders "full live", "incremental power-off", ...
+func Kind(incremental, live bool) string {
+	k := "full"
+	if incremental {
+		k = "incremental"
+	}
+	if live {
+		return k + " live"
+	}
+	return k + " power-off"
+}
+
+// Resolve checks one request against the table.
+func Resolve(req Request) (Decision, error) {
+	row, ok := Lookup(req.Hypervisor, req.Storage)
+	if !ok {
+		name := strings.ToUpper(string(req.Hypervisor)) + " " + string(req.Storage)
+		return Decision{}, &Error{Row: name, Reason: "not in the backup compatibility matrix"}
+	}
+	cell := row.Cell(req.Incremental, req.Live)
+	if !cell.OK {
+		return Decision{}, &Error{Row: row.Name(), Reason: fmt.Sprintf("%s backup not supported: %s", Kind(req.Incremental, req.Live), cell.Reason)}
+	}
+	if req.Live && row.FreezeNoneOnly && req.FSFreeze != "" && !strings.EqualFold(req.FSFreeze, "NONE") {
+		return Decision{}, &Error{Row: row.Name(), Reason: fmt.Sprintf("live backups need FS_FREEZE=NONE (got %s)", req.FSFreeze)}
+	}
+	d := Decision{Row: row, Adapter: row.Adapter, Incremental: req.Incremental, Live: req.Live}
+	if req.Incremental && len(row.IncrementModes) > 0 {
+		d.IncrementMode = NormalizeIncrementMode(string(req.IncrementMode))
+	}
+	return d, nil
+}
+
+// NormalizeIncrementMode applies oned's rule: SNAPSHOT (any case) or CBT for anything else.
+func NormalizeIncrementMode(s string) IncrementMode {
+	if strings.EqualFold(strings.TrimSpace(s), "snapshot") {
+		return Snapshot
+	}
+	return CBT
+}
+
+// ResolveVM resolves every disk of a VM; all disks must be allowed and served by one adapter.
+func ResolveVM(reqs []Request) (Decision, error) {
+	if len(reqs) == 0 {
+		return Decision{}, fmt.Errorf("no disks to back up")
+	}
+	var first Decision
+	for i, r := range reqs {
+		d, err := Resolve(r)
+		if err != nil {
+			return Decision{}, err
+		}
+		if i == 0 {
+			first = d
+			continue
+		}
+		if d.Adapter != first.Adapter {
+			return Decision{}, &Error{Row: d.Row.Name(), Reason: fmt.Sprintf("a VM mixing %s and %s disks cannot be backed up in one run", first.Row.Name(), d.Row.Name())}
+		}
+	}
+	return first, nil
+}
+
+// StorageOf classifies a disk from the system datastore TM_MAD and the disk attributes.
+func StorageOf(systemTM, diskTM, diskType, format string, lvmThin bool) (Storage, error) {
+	tm := strings.ToLower(systemTM)
+	switch tm {
+	case "qcow2", "shared", "ssh", "local":
+		switch strings.ToLower(format) {
+		case "qcow2":
+			return FileQcow2, nil
+		case "raw", "":
+			return FileRaw, nil
+		}
+		return "", fmt.Errorf("disk format %q on a %s system datastore is not a file format the backup drivers know", format, systemTM)
+	case "ceph":
+		return Ceph, nil
+	case "fs_lvm_ssh":
+		if lvmThin {
+			return LVMThin, nil
+		}
+		return LVMThick, nil
+	case "lvm":
+		return LVMThin, nil
+	case "fs_lvm":
+		return LVMShared, nil
+	}
+	return "", fmt.Errorf("system datastore TM_MAD %q has no backup support (spec §3.1)", systemTM)
+}

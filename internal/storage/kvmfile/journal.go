@@ -1,0 +1,108 @@
+package kvmfile
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// journal records live state changes of a run in <tmp dir>/journal.json before they are made,
+// so that a later run (retry, cancel, postbackup) can undo them deterministically.
+type journal struct {
+	Frozen   string `json:"frozen,omitempty"`    // AGENT | SUSPEND while the guest may be frozen
+	NBDPid   int    `json:"nbd_pid,omitempty"`   // qemu-nbd serving a power-off increment
+	NBDStart string `json:"nbd_start,omitempty"` // its /proc start time (pid reuse guard)
+	NBDSock  string `json:"nbd_sock,omitempty"`
+}
+
+func journalPath(tmp string) string { return filepath.Join(tmp, "journal.json") }
+
+func loadJournal(tmp string) journal {
+	var j journal
+	if data, err := os.ReadFile(journalPath(tmp)); err == nil {
+		json.Unmarshal(data, &j)
+	}
+	return j
+}
+
+func saveJournal(tmp string, j journal) error {
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		return err
+	}
+	data, _ := json.Marshal(j)
+	p := journalPath(tmp)
+	if err := os.WriteFile(p+".new", data, 0o644); err != nil {
+		return err
+	}
+	f, err := os.Open(p + ".new")
+	if err == nil {
+		f.Sync()
+		f.Close()
+	}
+	return os.Rename(p+".new", p)
+}
+
+// procStart is field 22 of /proc/<pid>/stat ("" when the process is gone or a zombie).
+func procStart(pid int) string {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return ""
+	}
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return ""
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 20 || f[0] == "Z" || f[0] == "X" {
+		return ""
+	}
+	return f[19]
+}
+
+// stopRecorded stops a process recorded with its start time, if it is still that process.
+func stopRecorded(pid int, start string) error {
+	if pid <= 0 || start == "" || procStart(pid) != start {
+		return nil
+	}
+	syscall.Kill(pid, syscall.SIGTERM)
+	for i := 0; i < 100; i++ {
+		if procStart(pid) != start {
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+	time.Sleep(100 * time.Millisecond)
+	if procStart(pid) == start {
+		return errors.New("leftover qemu-nbd " + strconv.Itoa(pid) + " does not stop")
+	}
+	return nil
+}
+
+// hold is a test hook: with ONEBACKUP_TEST_HOLD=<phase> the run stops at that phase (after
+// writing <tmp dir>/hold.<phase>) until it is cancelled or <tmp dir>/release.<phase> appears,
+// so that tests can act (SIGTERM, guest writes) at a precise point. It does nothing otherwise.
+func hold(ctx context.Context, tmp, phase string) {
+	if os.Getenv("ONEBACKUP_TEST_HOLD") != phase {
+		return
+	}
+	os.WriteFile(filepath.Join(tmp, "hold."+phase), nil, 0o644)
+	release := filepath.Join(tmp, "release."+phase)
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); {
+		if _, err := os.Stat(release); err == nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
