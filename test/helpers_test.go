@@ -143,12 +143,20 @@ func datastoreXML(id int, mad string, attrs dsAttrs) string {
 
 // vmXML is a VM element as the backup action receives it.
 func vmXML(vmID int, lastBridge string) string {
+	return vmXMLOn(vmID, lastBridge, "qcow2")
+}
+
+// vmXMLOn is vmXML for a VM whose system datastore uses TM driver tm (backup bridges apply to
+// Ceph only).
+func vmXMLOn(vmID int, lastBridge, tm string) string {
 	bridge := ""
 	if lastBridge != "" {
 		bridge = "<LAST_BRIDGE><![CDATA[" + lastBridge + "]]></LAST_BRIDGE>"
 	}
 	return fmt.Sprintf("<VM><ID>%d</ID><UID>0</UID><NAME>vm-%d</NAME><DEPLOY_ID>one-%d</DEPLOY_ID>"+
-		"<BACKUPS><BACKUP_CONFIG><MODE><![CDATA[FULL]]></MODE>%s</BACKUP_CONFIG><BACKUP_IDS/></BACKUPS></VM>", vmID, vmID, vmID, bridge)
+		"<BACKUPS><BACKUP_CONFIG><MODE><![CDATA[FULL]]></MODE>%s</BACKUP_CONFIG><BACKUP_IDS/></BACKUPS>"+
+		"<HISTORY_RECORDS><HISTORY><SEQ>0</SEQ><HOSTNAME>hv1</HOSTNAME><TM_MAD><![CDATA[%s]]></TM_MAD></HISTORY></HISTORY_RECORDS></VM>",
+		vmID, vmID, vmID, bridge, tm)
 }
 
 // backupStdin is backup's raw-XML stdin: DS_DRIVER_ACTION_DATA{DATASTORE, VM}.

@@ -164,7 +164,16 @@ func TestResticBackupLastBridge(t *testing.T) {
 	if r.code == 0 || !strings.Contains(r.stderr, "hv-gone") {
 		t.Fatalf("backup through an unreachable host: exit %d, stderr %q", r.code, r.stderr)
 	}
-	h.resticBackup(t, ds, "hv-gone", 45, "", "hv2")
+	// A Ceph VM is staged on the bridge, which therefore does the upload.
+	out := h.mustDriver(t, "restic", "backup", backupArgs("hv-gone", 45, ""), backupStdin(ds, vmXMLOn(45, "hv2", "ceph")))
+	if !backupReplyRe.MatchString(out) {
+		t.Fatalf("backup through the bridge printed %q", out)
+	}
+	// A VM on a file system datastore is staged on its own host: the bridge is not used (W-16).
+	r = h.driver(t, "restic", "backup", backupArgs("hv1", 45, ""), backupStdin(ds, vmXMLOn(45, "hv-gone", "qcow2")))
+	if r.code != 0 || !strings.Contains(r.stderr, "LAST_BRIDGE hv-gone not used") {
+		t.Fatalf("file VM with a bridge: exit %d, stderr %q", r.code, r.stderr)
+	}
 }
 
 func TestResticRemove(t *testing.T) {

@@ -168,7 +168,13 @@ func TestRsyncBackupLastBridge(t *testing.T) {
 	if r.code == 0 || !strings.Contains(r.stderr, "hv-gone") {
 		t.Fatalf("backup through an unreachable host: exit %d, stderr %q", r.code, r.stderr)
 	}
-	id, _ := h.rsyncBackup(t, ds, "hv-gone", 62, "", "hv2")
+	// A Ceph VM is staged on the bridge, which therefore does the upload.
+	out := h.mustDriver(t, "rsync", "backup", backupArgs("hv-gone", 62, ""), backupStdin(ds, vmXMLOn(62, "hv2", "ceph")))
+	m := rsyncReplyRe.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("backup through the bridge printed %q", out)
+	}
+	id := m[1]
 	checkRsyncBackup(t, base, 62, id, st)
 	if got := dirNames(t, base+"/62"); len(got) != 1 {
 		t.Errorf("%s/62 holds %v, want only the bridge's backup %s", base, got, id)

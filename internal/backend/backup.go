@@ -86,7 +86,13 @@ func RunBackup(ctx context.Context, rt *Runtime, open Opener, msg *one.Message, 
 		if err := validate.Host("LAST_BRIDGE", bridge); err != nil {
 			return nil, err
 		}
-		b.VMHost.Host = bridge
+		// Only Ceph VMs are staged on the bridge; file and LVM datastores stage on the VM's host,
+		// where prebackup ran (spec host-backup W-16).
+		if tm := vm.SystemTM(); tm == "ceph" {
+			b.VMHost.Host = bridge
+		} else {
+			rt.Log.Infof("LAST_BRIDGE %s not used: VMs on %q system datastores are staged on their host %s", bridge, tm, args.Host)
+		}
 	}
 	conf, err := one.LoadDatastoreConf(one.DatastoreConfPath())
 	if err != nil {

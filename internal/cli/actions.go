@@ -57,7 +57,7 @@ func backupCommand(name string, open backend.Opener) *cobra.Command {
 		Use:   "backup HOST:VM_DIR DISK_IDS DEPLOY_ID BJ_ID|- VM_ID SYSTEM_DS_ID",
 		Short: "Upload the staged backup of a VM (stdin: DS_DRIVER_ACTION_DATA with DATASTORE and VM)",
 		Long: "Uploads the files prebackup staged in <VM_DIR>/backup (or <BACKUP_BASE_PATH>/<VM_ID>/backup)\n" +
-			"on the VM's host (or LAST_BRIDGE) and prints \"<backup_id> <size_mb> <format>\".\n" +
+			"on the VM's host (or LAST_BRIDGE, for Ceph VMs) and prints \"<backup_id> <size_mb> <format>\".\n" +
 			"SIGTERM or backup_cancel stops the upload, cleans the destination and fails the action.",
 		Args: cobra.ExactArgs(6),
 		RunE: func(cmd *cobra.Command, args []string) error {

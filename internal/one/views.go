@@ -46,6 +46,15 @@ func (v *VM) ID() (int, error) { return validate.ID("VM ID", v.text("ID")) }
 // LastBridge is VM/BACKUPS/BACKUP_CONFIG/LAST_BRIDGE ("" when unset).
 func (v *VM) LastBridge() string { return v.text("BACKUPS/BACKUP_CONFIG/LAST_BRIDGE") }
 
+// SystemTM is the TM_MAD of the VM's current system datastore (last history record), lower-cased.
+func (v *VM) SystemTM() string {
+	h := v.e.FindElements("./HISTORY_RECORDS/HISTORY")
+	if len(h) == 0 {
+		return ""
+	}
+	return strings.ToLower(node{h[len(h)-1]}.text("TM_MAD"))
+}
+
 // Image is a typed view of an IMAGE element (a backup image).
 type Image struct{ node }
 
