@@ -17,6 +17,8 @@ PACKAGES=(
 )
 
 log() { printf 'setup-deps: %s\n' "$*" >&2; }
+# shellcheck source=lib.sh
+. "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 
 if [[ $(id -u) -ne 0 ]]; then
   log "must run as root"
@@ -24,31 +26,7 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 # --- Debian packages -------------------------------------------------------
-missing=()
-for p in "${PACKAGES[@]}"; do
-  status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
-  [[ $status == installed ]] || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  log "installing: ${missing[*]}"
-  # Keep package scripts from starting a system sshd on port 22.
-  tmp_policy=
-  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-    tmp_policy=/usr/sbin/policy-rc.d
-    printf '#!/bin/sh\nexit 101\n' >"$tmp_policy"
-    chmod 0755 "$tmp_policy"
-    trap 'rm -f -- "$tmp_policy"' EXIT
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q
-  apt-get install -y -q --no-install-recommends "${missing[@]}"
-  if [[ -n $tmp_policy ]]; then
-    rm -f -- "$tmp_policy"
-    trap - EXIT
-  fi
-else
-  log "packages already installed"
-fi
+apt_install "${PACKAGES[@]}"
 
 # --- restic ----------------------------------------------------------------
 restic_bin=$CACHE/bin/restic
