@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"onebackup/internal/backend"
+	"onebackup/internal/chain"
 	"onebackup/internal/one"
 	"onebackup/internal/oned"
 	"onebackup/internal/remote"
@@ -21,18 +22,8 @@ import (
 // downloaderCommand is <remotes>/datastore/<backend>_downloader.rb: it prepares a backup URL and
 // prints the command= / clean_command= lines downloader.sh evaluates.
 func downloaderCommand(open backend.Opener) *cobra.Command {
-	var o options
-	c := &cobra.Command{
-		Use:   "downloader URL",
-		Short: "Prepare a backup URL for downloader.sh (prints command= and clean_command=)",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			rt, ctx, done := o.runtime()
-			defer done()
-			d, u, loc, err := backend.ResolveURL(ctx, rt, open, lookupDatastore, args[0])
-			if err != nil {
-				return err
-			}
+	return urlCommand(open, "downloader URL", "Prepare a backup URL for downloader.sh (prints command= and clean_command=)", false,
+		func(ctx context.Context, rt *backend.Runtime, d backend.Downloader, u chain.URL, loc backend.Location) error {
 			dl, err := d.PrepareDownload(ctx, u, loc)
 			if err != nil || rt.DryRun {
 				return err
@@ -43,20 +34,23 @@ func downloaderCommand(open backend.Opener) *cobra.Command {
 			}
 			_, err = io.WriteString(os.Stdout, lines)
 			return err
-		},
-	}
-	o.registerNoXML(c)
-	return c
+		})
 }
 
 // streamCommand writes the file a single-restore-point URL names to stdout.
 func streamCommand(open backend.Opener) *cobra.Command {
+	return urlCommand(open, "stream URL", "Write the file a backup URL names to stdout", true,
+		func(ctx context.Context, rt *backend.Runtime, d backend.Downloader, u chain.URL, loc backend.Location) error {
+			return d.Stream(ctx, u, loc, os.Stdout)
+		})
+}
+
+// urlCommand is an action on one backup URL, resolved strictly against its datastore first.
+func urlCommand(open backend.Opener, use, short string, hidden bool,
+	run func(context.Context, *backend.Runtime, backend.Downloader, chain.URL, backend.Location) error) *cobra.Command {
 	var o options
 	c := &cobra.Command{
-		Use:    "stream URL",
-		Short:  "Write the file a backup URL names to stdout",
-		Hidden: true,
-		Args:   cobra.ExactArgs(1),
+		Use: use, Short: short, Hidden: hidden, Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			rt, ctx, done := o.runtime()
 			defer done()
@@ -64,7 +58,7 @@ func streamCommand(open backend.Opener) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return d.Stream(ctx, u, loc, os.Stdout)
+			return run(ctx, rt, d, u, loc)
 		},
 	}
 	o.registerNoXML(c)

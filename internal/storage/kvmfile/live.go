@@ -64,8 +64,19 @@ func openDomain(deployID string) (*domain, error) {
 }
 
 func (d *domain) close() {
+	if d == nil {
+		return
+	}
 	d.dom.Free()
 	d.conn.Close()
+}
+
+// liveDomain opens the running domain of a live backup; a power-off backup has none (nil).
+func liveDomain(j *storage.Job) (*domain, error) {
+	if !j.Decision.Live {
+		return nil, nil
+	}
+	return openDomain(j.DeployID)
 }
 
 // domDisk is one disk of the running domain.

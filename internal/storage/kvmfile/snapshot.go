@@ -97,14 +97,11 @@ func backingOf(ctx context.Context, l snapLayout, n int) int {
 }
 
 func (a *Adapter) snapshotBackup(ctx context.Context, j *storage.Job) error {
-	var d *domain
-	if j.Decision.Live {
-		var err error
-		if d, err = openDomain(j.DeployID); err != nil {
-			return err
-		}
-		defer d.close()
+	d, err := liveDomain(j)
+	if err != nil {
+		return err
 	}
+	defer d.close()
 	layouts := map[int]*snapLayout{}
 	full := map[int]bool{} // disks taking a full (chain start, or chain state lost)
 	for _, disk := range j.Disks {
@@ -329,14 +326,11 @@ func (d *domain) waitBlockJob(ctx context.Context, target string, ready bool) er
 // snapshotFinish: success folds layer BID into 0 (the active BID+1 then rests on 0); failure
 // rolls BID+1 back. Both are no-ops when already done.
 func (a *Adapter) snapshotFinish(ctx context.Context, j *storage.Job) error {
-	var d *domain
-	if j.Decision.Live {
-		var err error
-		if d, err = openDomain(j.DeployID); err != nil {
-			return err
-		}
-		defer d.close()
+	d, err := liveDomain(j)
+	if err != nil {
+		return err
 	}
+	defer d.close()
 	var errs []error
 	for _, disk := range j.Disks {
 		l, err := readLayout(disk)
