@@ -266,13 +266,15 @@ func backupArgs(host string, vmID int, jobID string) []string {
 	return []string{host + ":" + vmDir(vmID), "0", fmt.Sprintf("one-%d", vmID), jobID, strconv.Itoa(vmID), "0"}
 }
 
-// procCmdlines returns pid -> command line of every live process (zombies excluded).
+// procCmdlines returns pid -> command line of every live process (zombies excluded), except this
+// test binary and its ancestors (go test, make, a CI script), whose command lines are not ours.
 func procCmdlines() map[int]string {
 	out := map[int]string{}
+	ancestors := ancestorPids()
 	dirs, _ := os.ReadDir("/proc")
 	for _, d := range dirs {
 		pid, err := strconv.Atoi(d.Name())
-		if err != nil {
+		if err != nil || ancestors[pid] {
 			continue
 		}
 		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
@@ -287,6 +289,25 @@ func procCmdlines() map[int]string {
 			continue
 		}
 		out[pid] = string(bytes.ReplaceAll(bytes.TrimRight(cl, "\x00"), []byte{0}, []byte{' '}))
+	}
+	return out
+}
+
+// ancestorPids is this process and its parents up to init.
+func ancestorPids() map[int]bool {
+	out := map[int]bool{}
+	for pid := os.Getpid(); pid > 1 && !out[pid]; {
+		out[pid] = true
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		i := bytes.LastIndexByte(stat, ')')
+		if err != nil || i < 0 {
+			break
+		}
+		f := strings.Fields(string(stat[i+1:]))
+		if len(f) < 2 {
+			break
+		}
+		pid, _ = strconv.Atoi(f[1])
 	}
 	return out
 }

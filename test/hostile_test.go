@@ -40,7 +40,7 @@ func (h *harness) refusedPath(t *testing.T, drv string, args []string, stdin []b
 	if !strings.Contains(stderr, wantErr) {
 		t.Errorf("%s %s %q: stderr %q does not say %q", backend, action, args, stderr, wantErr)
 	}
-	if strings.Contains(stderr+out.String(), "$word") {
+	if strings.Contains(stderr+out.String(), secretMarker) {
 		t.Errorf("%s %s: the password appears in the output", backend, action)
 	}
 	data, _ := os.ReadFile(trace)

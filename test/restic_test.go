@@ -14,7 +14,11 @@ import (
 	"time"
 )
 
-const resticPassword = `p'a"ss $word;` + "\n" + ` x` // hostile on purpose: quotes, $, ;, newline, spaces
+// secretMarker is the part of the test passwords no other process on the machine can contain,
+// so tests can look for it in every command line and every output.
+const secretMarker = "$obSecret7c41"
+
+const resticPassword = `p'a"ss ` + secretMarker + `;` + "\n" + ` x` // hostile on purpose: quotes, $, ;, newline, spaces
 
 var backupReplyRe = regexp.MustCompile(`^([0-9a-f]{8}) ([0-9]+) raw\n$`)
 
