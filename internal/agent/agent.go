@@ -41,6 +41,7 @@ type Request struct {
 	Argv  []string          `json:"argv,omitempty"`
 	Env   map[string]string `json:"env,omitempty"`
 	Dir   string            `json:"dir,omitempty"`
+	Grace int               `json:"grace,omitempty"` // run: seconds between SIGTERM and SIGKILL when stopped
 }
 
 // File is one entry of a List answer.
@@ -130,8 +131,9 @@ func run(req Request, stdin io.Reader, stdout, stderr io.Writer) int {
 		return exitAgent
 	}
 	pid := cmd.Process.Pid
+	grace := graceOf(req.Grace)
 	if req.Token != "" {
-		if err := writePidFile(req.Token, pid); err != nil {
+		if err := writePidFile(req.Token, pid, grace); err != nil {
 			syscall.Kill(-pid, syscall.SIGKILL)
 			cmd.Wait()
 			fmt.Fprintln(stderr, "onebackup agent:", err)
@@ -146,12 +148,12 @@ func run(req Request, stdin io.Reader, stdout, stderr io.Writer) int {
 		select {
 		case <-done:
 		default:
-			stopGroup(pid)
+			stopGroup(pid, grace)
 		}
 	}()
 	go func() {
 		for range sigs {
-			stopGroup(pid)
+			stopGroup(pid, grace)
 		}
 	}()
 	err = cmd.Wait()

@@ -13,8 +13,24 @@ import (
 	"onebackup/internal/validate"
 )
 
-// How long a stopped process group gets between SIGTERM and SIGKILL.
-const stopGrace = 10 * time.Second
+// How long a stopped process group gets between SIGTERM and SIGKILL, unless the request that
+// started it asked for more (a host-side backup rolling back a disk layer), up to maxGrace.
+const (
+	defaultGrace = 10 * time.Second
+	maxGrace     = time.Hour
+)
+
+// graceOf is the stop grace a request asks for in seconds (0: the default).
+func graceOf(seconds int) time.Duration {
+	g := time.Duration(seconds) * time.Second
+	switch {
+	case g <= 0:
+		return defaultGrace
+	case g > maxGrace:
+		return maxGrace
+	}
+	return g
+}
 
 // stateDir holds the pid files of tracked programs, private to the user.
 func stateDir() string {
@@ -26,8 +42,9 @@ func stateDir() string {
 
 func pidFile(token string) string { return filepath.Join(stateDir(), token+".pid") }
 
-// A pid file holds "<pid> <start time>": the start time (from /proc) tells a recycled pid apart.
-func writePidFile(token string, pid int) error {
+// A pid file holds "<pid> <start time> <grace seconds>": the start time (from /proc) tells a
+// recycled pid apart; the grace is what the program gets to clean up when it is killed.
+func writePidFile(token string, pid int, grace time.Duration) error {
 	if err := os.MkdirAll(stateDir(), 0o700); err != nil {
 		return err
 	}
@@ -36,7 +53,7 @@ func writePidFile(token string, pid int) error {
 		return err
 	}
 	tmp := pidFile(token) + ".tmp"
-	if err := os.WriteFile(tmp, []byte(fmt.Sprintf("%d %s\n", pid, start)), 0o600); err != nil {
+	if err := os.WriteFile(tmp, []byte(fmt.Sprintf("%d %s %d\n", pid, start, int(grace/time.Second))), 0o600); err != nil {
 		return err
 	}
 	return os.Rename(tmp, pidFile(token))
@@ -78,18 +95,26 @@ func Kill(token string) error {
 		return err
 	}
 	f := strings.Fields(string(data))
-	if len(f) != 2 {
+	if len(f) != 2 && len(f) != 3 { // two fields: written by an older agent
 		return fmt.Errorf("corrupt pid file %s", pidFile(token))
 	}
 	pid, err := strconv.Atoi(f[0])
 	if err != nil || pid <= 1 {
 		return fmt.Errorf("corrupt pid file %s", pidFile(token))
 	}
+	grace := defaultGrace
+	if len(f) == 3 {
+		seconds, err := strconv.Atoi(f[2])
+		if err != nil {
+			return fmt.Errorf("corrupt pid file %s", pidFile(token))
+		}
+		grace = graceOf(seconds)
+	}
 	if st, err := ProcStart(pid); err != nil || st != f[1] {
 		os.Remove(pidFile(token)) // the recorded process is gone; its pid may be someone else's now
 		return nil
 	}
-	if !stopGroup(pid) {
+	if !stopGroup(pid, grace) {
 		return fmt.Errorf("process group %d of %s did not stop", pid, token)
 	}
 	os.Remove(pidFile(token))
@@ -98,11 +123,11 @@ func Kill(token string) error {
 
 // stopGroup sends SIGTERM to the process group, then SIGKILL after the grace time, and reports
 // whether the group is gone.
-func stopGroup(pgid int) bool {
+func stopGroup(pgid int, grace time.Duration) bool {
 	if syscall.Kill(-pgid, syscall.SIGTERM) != nil {
 		return true
 	}
-	deadline := time.Now().Add(stopGrace)
+	deadline := time.Now().Add(grace)
 	for time.Now().Before(deadline) {
 		if !GroupAlive(pgid) {
 			return true

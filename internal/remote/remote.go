@@ -56,6 +56,7 @@ type Cmd struct {
 	Agent        bool              // remote: run through the agent (implied by Env or Token)
 	Token        string            // remote: track the process under this token for Kill
 	ForwardAgent bool              // remote: forward the frontend's ssh agent
+	StopGrace    time.Duration     // remote: time between SIGTERM and SIGKILL when stopped (agent default: 10 s)
 	Stdout       io.Writer         // stream stdout here instead of capturing it
 }
 
@@ -149,12 +150,13 @@ func (r *Runner) Run(ctx context.Context, c Cmd) (*Result, error) {
 	}
 	var argv []string
 	var request []byte
-	useAgent := c.Target.Host != "" && (c.Agent || len(c.Env) > 0 || c.Token != "")
+	useAgent := c.Target.Host != "" && (c.Agent || len(c.Env) > 0 || c.Token != "" || c.StopGrace > 0)
 	switch {
 	case c.Target.Host == "":
 		argv = c.Argv
 	case useAgent:
-		req, err := json.Marshal(agent.Request{Op: agent.OpRun, Token: c.Token, Argv: c.Argv, Env: c.Env})
+		req, err := json.Marshal(agent.Request{Op: agent.OpRun, Token: c.Token, Argv: c.Argv, Env: c.Env,
+			Grace: int(c.StopGrace / time.Second)})
 		if err != nil {
 			return nil, err
 		}

@@ -148,6 +148,9 @@ func run(ctx context.Context, tmMad, action string, args []string, stdin io.Read
 		Argv:   argv,
 		Env:    env,
 		Token:  token,
+		// Stopped, the host side rolls the VM back onto its original chain (abort the
+		// job, commit an overlay): give it time before SIGKILL.
+		StopGrace: hostStopGrace,
 	})
 	if res != nil && len(res.Stderr) > 0 {
 		stderr.Write(res.Stderr)
@@ -164,6 +167,9 @@ func run(ctx context.Context, tmMad, action string, args []string, stdin io.Read
 	}
 	return err
 }
+
+// hostStopGrace is how long a stopped host-side backup may take to restore the VM's disk chain.
+const hostStopGrace = 5 * time.Minute
 
 // confine wraps the host command with the backup datastore's limits (<MAD>_NICE, <MAD>_IONICE,
 // or the systemd slice attributes, spec §3.6), loading the datastore LAST_DATASTORE_ID from
