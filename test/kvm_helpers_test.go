@@ -112,11 +112,12 @@ func virsh(t testing.TB, args ...string) string {
 // --- test VMs ---------------------------------------------------------------------------
 
 type tdisk struct {
-	plain   bool // qcow2 as a plain file (ssh/local system datastores) instead of a link to layers
-	id      int
-	format  string // qcow2 (an overlay on an image, as OpenNebula's qcow2 driver lays it out) or raw
-	sizeMiB int
-	shadow  string // raw file receiving the same writes: the expected content
+	plain    bool // qcow2 as a plain file (ssh/local system datastores) instead of a link to layers
+	volatile bool // a volatile disk (TYPE=fs, no image), backed up under BACKUP_VOLATILE=YES
+	id       int
+	format   string // qcow2 (an overlay on an image, as OpenNebula's qcow2 driver lays it out) or raw
+	sizeMiB  int
+	shadow   string // raw file receiving the same writes: the expected content
 }
 
 func (d tdisk) target() string { return "vd" + string(rune('a'+d.id)) }
@@ -324,6 +325,8 @@ type bcfg struct {
 	vmMad    string
 	extraXML string
 	lastDS   int // BACKUP_CONFIG/LAST_DATASTORE_ID (0: absent)
+
+	extraConfig string // more BACKUP_CONFIG elements (set by xml for volatile disks)
 }
 
 // xml is the <VM> oned sends the TM actions.
@@ -340,6 +343,12 @@ func (vm *testVM) xml(c bcfg) []byte {
 	}
 	var disks strings.Builder
 	for _, d := range vm.disks {
+		if d.volatile { // as oned writes a volatile disk: no image, no TM_MAD of its own
+			fmt.Fprintf(&disks, "<DISK><DISK_ID>%d</DISK_ID><TARGET>%s</TARGET><FORMAT>%s</FORMAT><SIZE>%d</SIZE><TYPE>fs</TYPE><DISK_TYPE>FILE</DISK_TYPE></DISK>",
+				d.id, d.target(), d.format, d.sizeMiB)
+			c.extraConfig = "<BACKUP_VOLATILE>YES</BACKUP_VOLATILE>"
+			continue
+		}
 		fmt.Fprintf(&disks, "<DISK><DISK_ID>%d</DISK_ID><TARGET>%s</TARGET><FORMAT>%s</FORMAT><SIZE>%d</SIZE><TYPE>FILE</TYPE><TM_MAD>%s</TM_MAD></DISK>",
 			d.id, d.target(), d.format, d.sizeMiB, c.tmMad)
 	}
@@ -360,9 +369,9 @@ func (vm *testVM) xml(c bcfg) []byte {
 	}
 	return []byte(fmt.Sprintf(`<VM><ID>%d</ID><UID>0</UID><NAME>vm-%d</NAME><DEPLOY_ID>%s</DEPLOY_ID><STATE>3</STATE><LCM_STATE>%d</LCM_STATE>
 <TEMPLATE>%s%s<VMID>%d</VMID></TEMPLATE><USER_TEMPLATE/>
-<BACKUPS><BACKUP_CONFIG><MODE>%s</MODE><LAST_INCREMENT_ID>%d</LAST_INCREMENT_ID>%s%s</BACKUP_CONFIG><BACKUP_IDS/></BACKUPS>
+<BACKUPS><BACKUP_CONFIG><MODE>%s</MODE><LAST_INCREMENT_ID>%d</LAST_INCREMENT_ID>%s%s%s</BACKUP_CONFIG><BACKUP_IDS/></BACKUPS>
 <HISTORY_RECORDS><HISTORY><SEQ>0</SEQ><HOSTNAME>hv1</HOSTNAME><DS_ID>0</DS_ID><TM_MAD>%s</TM_MAD><VM_MAD>%s</VM_MAD></HISTORY></HISTORY_RECORDS>%s</VM>`,
-		vm.id, vm.id, vm.uuid, lcm, disks.String(), tpm, vm.id, c.mode, c.li, inc, freeze, c.tmMad, c.vmMad, c.extraXML))
+		vm.id, vm.id, vm.uuid, lcm, disks.String(), tpm, vm.id, c.mode, c.li, inc, freeze, c.extraConfig, c.tmMad, c.vmMad, c.extraXML))
 }
 
 func (vm *testVM) tmArgs(disks string) []string {

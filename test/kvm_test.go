@@ -9,8 +9,8 @@ import (
 // KVM file rows of the matrix, end to end: TM prebackup → restic backup → TM postbackup →
 // restore (restic dump + chain rebuild) → qemu-img compare with the disk at backup time.
 
-// Full backups of a qcow2 disk (an overlay over an image: the backup flattens the chain) and
-// a raw disk, live and powered off, twice each.
+// Full backups of a qcow2 disk (an overlay over an image: the backup flattens the chain), a raw
+// disk and a volatile disk (BACKUP_VOLATILE=YES), live and powered off, twice each.
 func TestKVMFileFull(t *testing.T) {
 	env := needKVM(t)
 	for i, live := range []bool{true, false} {
@@ -18,15 +18,17 @@ func TestKVMFileFull(t *testing.T) {
 			vid := 510 + i
 			base := resetDS(t, 400+i)
 			ds := resticDS(400+i, nil)
-			vm := newVM(t, env, vid, &tdisk{id: 0, format: "qcow2", sizeMiB: 64}, &tdisk{id: 1, format: "raw", sizeMiB: 32})
+			vm := newVM(t, env, vid, &tdisk{id: 0, format: "qcow2", sizeMiB: 64}, &tdisk{id: 1, format: "raw", sizeMiB: 32},
+				&tdisk{id: 2, format: "raw", sizeMiB: 16, volatile: true})
 			if live {
 				vm.start(t)
 			}
 			vm.write(t, 0, 0xa1, 0, 1<<20)
 			vm.write(t, 1, 0xb1, 4<<20, 3<<20)
+			vm.write(t, 2, 0xc1, 1<<20, 2<<20)
 			for round := 0; round < 2; round++ {
 				want := vm.expect(t, fmt.Sprint(round))
-				c := bcfg{mode: "FULL", li: -1, live: live, disks: "0:1"}
+				c := bcfg{mode: "FULL", li: -1, live: live, disks: "0:1:2"}
 				id := vm.backupRound(t, ds, c)
 				for d, exp := range want {
 					vm.restoreCompare(t, base+fmt.Sprint("/", vid), []string{id}, d, exp)
@@ -36,6 +38,7 @@ func TestKVMFileFull(t *testing.T) {
 				}
 				vm.write(t, 0, 0xa2+round, 2<<20, 1<<20)
 				vm.write(t, 1, -1, 5<<20, 64<<10)
+				vm.write(t, 2, 0xc2+round, 0, 1<<20)
 			}
 		})
 	}
