@@ -18,6 +18,7 @@ import (
 	"sort"
 	"syscall"
 
+	"onebackup/internal/one"
 	"onebackup/internal/validate"
 )
 
@@ -57,11 +58,7 @@ func DefaultPath() string {
 	if p := os.Getenv("ONEBACKUP_AGENT_PATH"); p != "" {
 		return p
 	}
-	d := os.Getenv("ONEBACKUP_HOST_REMOTES")
-	if d == "" {
-		d = "/var/tmp/one"
-	}
-	return filepath.Join(d, "datastore", "onebackup")
+	return filepath.Join(one.HostRemotesDir(), "datastore", "onebackup")
 }
 
 // Main serves one request from stdin and returns the process exit code.

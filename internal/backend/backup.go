@@ -94,7 +94,7 @@ func RunBackup(ctx context.Context, rt *Runtime, open Opener, msg *one.Message, 
 			rt.Log.Infof("LAST_BRIDGE %s not used: VMs on %q system datastores are staged on their host %s", bridge, tm, args.Host)
 		}
 	}
-	conf, err := one.LoadDatastoreConf(one.DatastoreConfPath())
+	conf, err := one.LoadConf(one.DatastoreConfPath())
 	if err != nil {
 		return nil, fmt.Errorf("cannot read %s: %v", one.DatastoreConfPath(), err)
 	}

@@ -50,10 +50,11 @@ func DatastoreConfPath() string {
 	return filepath.Join(RemotesDir(), "etc", "datastore", "datastore.conf")
 }
 
-// LoadDatastoreConf reads NAME=VALUE pairs of datastore.conf. A missing file is an empty config.
+// LoadConf reads the NAME=VALUE pairs of a driver configuration file (datastore.conf, kvmrc).
+// A missing file is an empty config.
 // Accepted: blank lines, comments (first non-blank '#'), an optional "export", values in single or
 // double quotes, and unquoted values followed by a " #" comment.
-func LoadDatastoreConf(path string) (map[string]string, error) {
+func LoadConf(path string) (map[string]string, error) {
 	conf := map[string]string{}
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {

@@ -51,7 +51,7 @@ func TestBareVMElement(t *testing.T) {
 func TestDatastoreConf(t *testing.T) {
 	f := filepath.Join(t.TempDir(), "datastore.conf")
 	os.WriteFile(f, []byte("# comment\n  # indented comment\n\nexport BACKUP_BASE_PATH=\"/var/backups\"\nSUPPORTED_FS=ext4,xfs # list\nQ='single'\n"), 0o644)
-	conf, err := LoadDatastoreConf(f)
+	conf, err := LoadConf(f)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +61,7 @@ func TestDatastoreConf(t *testing.T) {
 			t.Errorf("%s = %q, want %q", k, conf[k], v)
 		}
 	}
-	if c, err := LoadDatastoreConf(filepath.Join(t.TempDir(), "missing")); err != nil || len(c) != 0 {
+	if c, err := LoadConf(filepath.Join(t.TempDir(), "missing")); err != nil || len(c) != 0 {
 		t.Errorf("missing file: %v %v", c, err)
 	}
 }

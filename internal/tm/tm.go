@@ -114,7 +114,7 @@ func run(ctx context.Context, tmMad, action string, args []string, stdin io.Read
 	if err != nil || len(strings.TrimSpace(string(xml))) == 0 {
 		return errors.New("no VM XML on stdin")
 	}
-	conf, err := one.LoadDatastoreConf(one.DatastoreConfPath())
+	conf, err := one.LoadConf(one.DatastoreConfPath())
 	if err != nil {
 		return fmt.Errorf("cannot read %s: %v", one.DatastoreConfPath(), err)
 	}

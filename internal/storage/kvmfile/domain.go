@@ -4,7 +4,6 @@ package kvmfile
 // block jobs.
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"encoding/xml"
@@ -18,6 +17,7 @@ import (
 
 	"libvirt.org/go/libvirt"
 
+	"onebackup/internal/one"
 	"onebackup/internal/storage"
 )
 
@@ -27,23 +27,14 @@ func libvirtURI() string {
 	if u := os.Getenv("LIBVIRT_URI"); u != "" {
 		return u
 	}
-	remotes := os.Getenv("ONEBACKUP_HOST_REMOTES")
-	if remotes == "" {
-		remotes = "/var/tmp/one"
-	}
-	if f, err := os.Open(filepath.Join(remotes, "etc/vmm/kvm/kvmrc")); err == nil {
-		defer f.Close()
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			line := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(sc.Text()), "export "))
-			if v, ok := strings.CutPrefix(line, "LIBVIRT_URI="); ok {
-				return strings.Trim(v, `"'`)
-			}
-		}
+	kvmrc, _ := one.LoadConf(filepath.Join(one.HostRemotesDir(), "etc/vmm/kvm/kvmrc"))
+	if u := kvmrc["LIBVIRT_URI"]; u != "" {
+		return u
 	}
 	return "qemu:///system"
 }
 
+// domain is an open libvirt connection with the VM's domain; close releases both.
 type domain struct {
 	conn *libvirt.Connect
 	dom  *libvirt.Domain
