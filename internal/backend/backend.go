@@ -49,7 +49,8 @@ type FileReader interface {
 
 // Upload is the program that copies the staged files of one backup to the datastore.
 type Upload struct {
-	Cmd remote.Cmd
+	Cmd    remote.Cmd
+	Server string // the backup server the upload connects to, for messages
 	// OnLine sees every stdout line while the upload runs (progress, result).
 	OnLine func(line []byte)
 	// Result returns the backup id and the size in bytes once the upload succeeded.

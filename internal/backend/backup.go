@@ -136,6 +136,7 @@ func RunBackup(ctx context.Context, rt *Runtime, open Opener, msg *one.Message, 
 	if rt.DryRun {
 		return nil, nil
 	}
+	err = explainOwnCredentials(err, up, store.Backend())
 	if err == nil {
 		id, size, rerr := up.Result()
 		if rerr == nil {

@@ -28,6 +28,7 @@ type Config struct {
 	PruneMaxUnused string
 	TmpDir         string // parent of temporary directories of downloads and flattens (frontend)
 	Confine        backend.Confinement
+	ForwardAgent   bool // forward the frontend's ssh agent to the VM host for uploads
 }
 
 var (
@@ -120,6 +121,9 @@ func parseConfig(ds *one.Datastore) (*Config, error) {
 		if c.TmpDir, err = validate.AbsPath("RESTIC_TMP_DIR", v); err != nil {
 			return nil, err
 		}
+	}
+	if c.ForwardAgent, err = backend.ParseForwardAgent(ds, "RESTIC"); err != nil {
+		return nil, err
 	}
 	c.Confine, err = backend.ParseConfinement(ds, "RESTIC", c.DSID)
 	return c, err

@@ -25,7 +25,7 @@ type message struct {
 
 // PrepareUpload implements backend.Store: make sure the repository exists (from the frontend),
 // then run `restic backup` of the staged files on the VM host, reaching the SFTP server with the
-// frontend's forwarded ssh agent.
+// frontend's forwarded ssh agent (or the host's own key, RESTIC_FORWARD_AGENT=NO).
 func (s *Store) PrepareUpload(ctx context.Context, b *backend.Backup) (*backend.Upload, error) {
 	loc := b.Location()
 	if err := s.EnsureRepo(ctx, loc); err != nil {
@@ -44,14 +44,14 @@ func (s *Store) PrepareUpload(ctx context.Context, b *backend.Backup) (*backend.
 		names = append(names, k)
 	}
 	c.Argv = s.cfg.Confine.Wrap(c.Argv, b.Staging, names)
-	c.ForwardAgent = true
+	c.ForwardAgent = s.cfg.ForwardAgent
 	if s.cfg.Confine.String() != "none" {
 		s.rt.Log.Infof("upload confined: %s", s.cfg.Confine)
 	}
 
 	var summary *message
 	var lastError string
-	up := &backend.Upload{Cmd: c}
+	up := &backend.Upload{Cmd: c, Server: s.cfg.Server}
 	up.OnLine = func(line []byte) {
 		var m message
 		if json.Unmarshal(line, &m) != nil {
@@ -76,7 +76,7 @@ func (s *Store) PrepareUpload(ctx context.Context, b *backend.Backup) (*backend.
 		// restic removes its own lock when stopped; unlock clears one left by a killed restic
 		// (stale locks are recognised on the host that took them).
 		unlock := s.cmd(ctx, b.VMHost, repo, "unlock")
-		unlock.ForwardAgent = true
+		unlock.ForwardAgent = s.cfg.ForwardAgent
 		if _, err := s.rt.Run(ctx, unlock, true); err != nil {
 			return fmt.Errorf("cannot remove stale locks of %s: %w", repo, err)
 		}

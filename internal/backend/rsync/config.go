@@ -17,14 +17,15 @@ const DefaultArgs = "-aS"
 
 // Config is an rsync datastore's validated attributes.
 type Config struct {
-	DSID     int
-	BasePath string // cleaned; the same path on the rsync host
-	Host     string // RSYNC_HOST
-	User     string // RSYNC_USER (default oneadmin)
-	Args     []string
-	TmpDir   string // RSYNC_TMP_DIR, used by the downloader
-	Sparsify bool   // RSYNC_SPARSIFY, used by increment_flatten
-	Confine  backend.Confinement
+	DSID         int
+	BasePath     string // cleaned; the same path on the rsync host
+	Host         string // RSYNC_HOST
+	User         string // RSYNC_USER (default oneadmin)
+	Args         []string
+	TmpDir       string // RSYNC_TMP_DIR, used by the downloader
+	Sparsify     bool   // RSYNC_SPARSIFY, used by increment_flatten
+	Confine      backend.Confinement
+	ForwardAgent bool // forward the frontend's ssh agent to the VM host for uploads
 }
 
 // remotePathRe is what a path may hold when it is handed to the remote rsync after "host:".
@@ -86,6 +87,9 @@ func parseConfig(ds *one.Datastore) (*Config, error) {
 		c.Sparsify = true
 	default:
 		return nil, fmt.Errorf("invalid RSYNC_SPARSIFY %q: expected yes or no", ds.Attr("RSYNC_SPARSIFY"))
+	}
+	if c.ForwardAgent, err = backend.ParseForwardAgent(ds, "RSYNC"); err != nil {
+		return nil, err
 	}
 	c.Confine, err = backend.ParseConfinement(ds, "RSYNC", c.DSID)
 	return c, err

@@ -20,7 +20,8 @@ const rsh = "ssh -T -o BatchMode=yes -o ControlMaster=no -o ControlPath=none"
 
 // PrepareUpload implements backend.Store: create <BASE_PATH>/<vm_id>/<backup_id> on the rsync
 // host (a new, unused id), then run rsync of the staging directory into it on the VM host,
-// reaching the rsync host with the frontend's forwarded ssh agent.
+// reaching the rsync host with the frontend's forwarded ssh agent (or the host's own key,
+// RSYNC_FORWARD_AGENT=NO).
 func (s *Store) PrepareUpload(ctx context.Context, b *backend.Backup) (*backend.Upload, error) {
 	vmDir, err := s.vmDir(b.Args.VMID)
 	if err != nil {
@@ -46,14 +47,14 @@ func (s *Store) PrepareUpload(ctx context.Context, b *backend.Backup) (*backend.
 		Target:       b.VMHost,
 		Argv:         s.cfg.Confine.Wrap(argv, b.Staging, []string{"SSH_AUTH_SOCK"}),
 		Agent:        true,
-		ForwardAgent: true,
+		ForwardAgent: s.cfg.ForwardAgent,
 	}
 	if s.cfg.Confine.String() != "none" {
 		s.rt.Log.Infof("upload confined: %s", s.cfg.Confine)
 	}
 	s.rt.Log.Infof("backup %s of VM %d goes to %s:%s", id, b.Args.VMID, s.target(), dest)
 
-	up := &backend.Upload{Cmd: c}
+	up := &backend.Upload{Cmd: c, Server: s.target().Host}
 	// rsync's own output (with -v, --progress, --out-format…) is informational only: the result
 	// does not depend on it.
 	up.OnLine = func(line []byte) {

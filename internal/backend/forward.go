@@ -1,0 +1,39 @@
+package backend
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"onebackup/internal/one"
+	"onebackup/internal/remote"
+)
+
+// ParseForwardAgent reads <prefix>_FORWARD_AGENT. YES (the default, as the reference drivers
+// do) forwards the frontend's ssh agent to the VM host for the upload. NO keeps oneadmin's
+// identity on the frontend: each host logs in to the backup server with its own key, which the
+// server can restrict to the repository (spec W6).
+func ParseForwardAgent(ds *one.Datastore, prefix string) (bool, error) {
+	name := prefix + "_FORWARD_AGENT"
+	switch v := strings.ToUpper(ds.Attr(name)); v {
+	case "", "YES":
+		return true, nil
+	case "NO":
+		return false, nil
+	default:
+		return false, fmt.Errorf("invalid %s %q: expected YES or NO", name, ds.Attr(name))
+	}
+}
+
+// explainOwnCredentials replaces the error of an upload that could not log in to the backup
+// server without a forwarded agent with what the operator has to set up. (The program's exit
+// code 255 would otherwise read as a failed ssh to the VM host.)
+func explainOwnCredentials(err error, up *Upload, backend string) error {
+	var ee *remote.ExitError
+	if up.Cmd.ForwardAgent || !errors.As(err, &ee) || !strings.Contains(ee.Stderr, "Permission denied") {
+		return err
+	}
+	host := up.Cmd.Target.String()
+	return fmt.Errorf("%s has no ssh key of its own for %s (%s_FORWARD_AGENT=NO): give oneadmin on %s a key that %s accepts, or forward the agent: %s",
+		host, up.Server, strings.ToUpper(backend), host, up.Server, remote.LastLines(ee.Stderr, 3))
+}
