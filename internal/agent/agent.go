@@ -35,6 +35,11 @@ const ExitNotFound = 127
 // exitAgent is the agent's own failure (bad request, cannot start).
 const exitAgent = 125
 
+// StderrPrefix starts every line the agent itself writes on stderr. When a program exits with
+// 255, the code ssh uses for its own failures, the agent says so in such a line: the frontend
+// can then tell a failed program from a failed connection.
+const StderrPrefix = "onebackup agent: "
+
 // Request is one line of JSON on the agent's stdin.
 type Request struct {
 	Op    string            `json:"op"`
@@ -66,12 +71,12 @@ func Main(stdin io.Reader, stdout, stderr io.Writer) int {
 	in := bufio.NewReader(stdin)
 	line, err := in.ReadBytes('\n')
 	if err != nil && len(line) == 0 {
-		fmt.Fprintln(stderr, "onebackup agent: no request on stdin")
+		fmt.Fprintln(stderr, StderrPrefix+"no request on stdin")
 		return exitAgent
 	}
 	var req Request
 	if err := json.Unmarshal(line, &req); err != nil {
-		fmt.Fprintln(stderr, "onebackup agent: malformed request:", err)
+		fmt.Fprintln(stderr, StderrPrefix+"malformed request: "+err.Error())
 		return exitAgent
 	}
 	switch req.Op {
@@ -79,37 +84,37 @@ func Main(stdin io.Reader, stdout, stderr io.Writer) int {
 		return run(req, in, stdout, stderr)
 	case OpKill:
 		if err := Kill(req.Token); err != nil {
-			fmt.Fprintln(stderr, "onebackup agent:", err)
+			fmt.Fprintln(stderr, StderrPrefix+err.Error())
 			return exitAgent
 		}
 		return 0
 	case OpList:
 		files, err := List(req.Dir)
 		if err != nil {
-			fmt.Fprintln(stderr, "onebackup agent:", err)
+			fmt.Fprintln(stderr, StderrPrefix+err.Error())
 			return exitAgent
 		}
 		json.NewEncoder(stdout).Encode(files)
 		return 0
 	}
-	fmt.Fprintf(stderr, "onebackup agent: unknown operation %q\n", req.Op)
+	fmt.Fprintf(stderr, "%sunknown operation %q\n", StderrPrefix, req.Op)
 	return exitAgent
 }
 
 func run(req Request, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(req.Argv) == 0 {
-		fmt.Fprintln(stderr, "onebackup agent: empty command")
+		fmt.Fprintln(stderr, StderrPrefix+"empty command")
 		return exitAgent
 	}
 	if req.Token != "" {
 		if err := validate.Token("process token", req.Token); err != nil {
-			fmt.Fprintln(stderr, "onebackup agent:", err)
+			fmt.Fprintln(stderr, StderrPrefix+err.Error())
 			return exitAgent
 		}
 	}
 	prog, err := exec.LookPath(req.Argv[0])
 	if err != nil {
-		fmt.Fprintf(stderr, "onebackup agent: %s: %v\n", req.Argv[0], err)
+		fmt.Fprintf(stderr, "%s%s: %v\n", StderrPrefix, req.Argv[0], err)
 		return ExitNotFound
 	}
 	cmd := exec.Command(prog, req.Argv[1:]...)
@@ -124,7 +129,7 @@ func run(req Request, stdin io.Reader, stdout, stderr io.Writer) int {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	if err := cmd.Start(); err != nil {
-		fmt.Fprintf(stderr, "onebackup agent: cannot start %s: %v\n", req.Argv[0], err)
+		fmt.Fprintf(stderr, "%scannot start %s: %v\n", StderrPrefix, req.Argv[0], err)
 		return exitAgent
 	}
 	pid := cmd.Process.Pid
@@ -133,7 +138,7 @@ func run(req Request, stdin io.Reader, stdout, stderr io.Writer) int {
 		if err := writePidFile(req.Token, pid, grace); err != nil {
 			syscall.Kill(-pid, syscall.SIGKILL)
 			cmd.Wait()
-			fmt.Fprintln(stderr, "onebackup agent:", err)
+			fmt.Fprintln(stderr, StderrPrefix+err.Error())
 			return exitAgent
 		}
 		defer os.Remove(pidFile(req.Token))
@@ -163,9 +168,12 @@ func run(req Request, stdin io.Reader, stdout, stderr io.Writer) int {
 		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 			return 128 + int(ws.Signal())
 		}
+		if ee.ExitCode() == 255 {
+			fmt.Fprintf(stderr, "%s%s exited with code 255\n", StderrPrefix, req.Argv[0])
+		}
 		return ee.ExitCode()
 	}
-	fmt.Fprintln(stderr, "onebackup agent:", err)
+	fmt.Fprintln(stderr, StderrPrefix+err.Error())
 	return exitAgent
 }
 

@@ -79,22 +79,31 @@ func (e *ExitError) Error() string {
 	if detail == "" {
 		detail = "no error output"
 	}
-	if e.Target.Host != "" && e.Code == 255 {
-		return fmt.Sprintf("ssh to %s failed: %s: %s", e.Target, sshProblem(e.Stderr), detail)
+	if e.Target.Host != "" && e.Code == 255 && !strings.Contains(e.Stderr, agent.StderrPrefix) {
+		problem := sshProblem(e.Stderr)
+		if problem == "" {
+			problem = "connection failed"
+		}
+		return fmt.Sprintf("ssh to %s failed: %s: %s", e.Target, problem, detail)
 	}
 	if strings.Contains(e.Stderr, "No space left on device") || strings.Contains(e.Stderr, "Disk quota exceeded") {
 		return fmt.Sprintf("%s on %s failed: destination full: %s", e.Prog, e.Target, detail)
 	}
 	if e.Target.Host != "" && e.Code == agent.ExitNotFound {
-		if !strings.Contains(e.Stderr, "onebackup agent:") { // the shell could not start the agent itself
+		if !strings.Contains(e.Stderr, agent.StderrPrefix) { // the shell could not start the agent itself
 			return fmt.Sprintf("onebackup is not installed on %s (%s): copy the remotes there with `onehost sync`", e.Target, detail)
 		}
 		return fmt.Sprintf("%s not found on %s: %s", e.Prog, e.Target, detail)
 	}
+	if hop := sshProblem(e.Stderr); hop != "" && e.Target.Host != "" {
+		// The program's own ssh (restic's sftp, rsync's transport) to the next host failed.
+		return fmt.Sprintf("%s on %s could not connect onwards: %s: %s", e.Prog, e.Target, hop, detail)
+	}
 	return fmt.Sprintf("%s on %s exited with code %d: %s", e.Prog, e.Target, e.Code, detail)
 }
 
-// sshProblem names the usual reasons an ssh connection fails, for the operator.
+// sshProblem names the usual reasons an ssh connection fails, for the operator ("" when stderr
+// shows none of them).
 func sshProblem(stderr string) string {
 	switch {
 	case strings.Contains(stderr, "Could not resolve hostname"):
@@ -102,12 +111,12 @@ func sshProblem(stderr string) string {
 	case strings.Contains(stderr, "Connection refused"), strings.Contains(stderr, "No route to host"),
 		strings.Contains(stderr, "Connection timed out"), strings.Contains(stderr, "Network is unreachable"):
 		return "host unreachable"
-	case strings.Contains(stderr, "Permission denied"), strings.Contains(stderr, "Too many authentication failures"):
+	case strings.Contains(stderr, "Permission denied ("), strings.Contains(stderr, "Too many authentication failures"):
 		return "authentication refused (check oneadmin's keys and the ssh agent)"
 	case strings.Contains(stderr, "Host key verification failed"):
 		return "host key verification failed (check known_hosts)"
 	}
-	return "connection failed"
+	return ""
 }
 
 // ExitCode is the exit code of err when it is an ExitError, else -1.
