@@ -46,7 +46,7 @@ func ParseConfig(ds *one.Datastore) (*Config, error) {
 }
 
 func parseConfig(ds *one.Datastore) (*Config, error) {
-	c := &Config{MaxProc: -1, Connections: 5, PruneMaxUnused: "0"}
+	c := &Config{MaxProc: -1, Connections: 5}
 	var err error
 	if c.DSID, err = ds.ID(); err != nil {
 		return nil, err

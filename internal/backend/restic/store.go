@@ -271,7 +271,11 @@ func (s *Store) Remove(ctx context.Context, loc backend.Location, snaps []string
 	if s.cfg.PruneMaxRepack != "" {
 		args = append(args, "--max-repack-size="+s.cfg.PruneMaxRepack)
 	}
-	args = append(args, "--max-unused="+s.cfg.PruneMaxUnused)
+	if s.cfg.PruneMaxUnused != "" {
+		// Unset, restic's own default applies (5 %): the reference's 0 repacks every
+		// partly used pack under an exclusive lock on each removal (spec W19).
+		args = append(args, "--max-unused="+s.cfg.PruneMaxUnused)
+	}
 	if _, err := s.run(ctx, loc, true, "forget", args...); err != nil {
 		return fmt.Errorf("unable to remove snapshots %v: %w", ids, err)
 	}
