@@ -44,6 +44,7 @@ demo: deps build
 
 bench: deps build
 	bench/run.sh
+	bench/prune.sh
 
 install: build
 	install -d $(DESTDIR)$(REMOTES)/datastore/restic $(DESTDIR)$(REMOTES)/datastore/rsync
