@@ -208,10 +208,7 @@ func TestKVMFileCancel(t *testing.T) {
 			}
 			// Let the host side finish its cleanup (it holds the VM lock while it does).
 			time.Sleep(500 * time.Millisecond)
-			lock := exec.Command("flock", "-w", "30", filepath.Join(vm.dir, ".backup.lock"), "true")
-			if out, err := lock.CombinedOutput(); err != nil {
-				t.Fatalf("VM lock: %v %s", err, out)
-			}
+			vm.waitUnlocked(t)
 			vm.checkClean(t)
 			anchor := fmt.Sprintf("one-%d-0", vid)
 			if live {

@@ -411,10 +411,20 @@ func (vm *testVM) backupRound(t *testing.T, ds string, c bcfg) string {
 	return id
 }
 
-// checkClean: no staging, tmp, socket or libvirt job left, and the VM runs on its original chain.
+// waitUnlocked waits until no host-side run holds the VM's lock (its file exists only while held).
+func (vm *testVM) waitUnlocked(t *testing.T) {
+	t.Helper()
+	waitFor(t, "the host side to release the lock of VM "+strconv.Itoa(vm.id), 30*time.Second, func() bool {
+		_, err := os.Lstat(filepath.Join(vm.dir, ".backup.lock"))
+		return os.IsNotExist(err)
+	})
+}
+
+// checkClean: no staging, tmp, socket, lock file or libvirt job left, and the VM runs on its
+// original chain.
 func (vm *testVM) checkClean(t testing.TB) {
 	t.Helper()
-	for _, p := range []string{"backup", "tmp", "backup.socket"} {
+	for _, p := range []string{"backup", "tmp", "backup.socket", ".backup.lock"} {
 		if _, err := os.Lstat(filepath.Join(vm.dir, p)); err == nil {
 			t.Errorf("leftover %s/%s", vm.dir, p)
 		}

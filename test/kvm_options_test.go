@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -164,6 +163,6 @@ func TestKVMFileConfinement(t *testing.T) {
 	cmd.Wait()
 	c.extraXML = "<BACKUP_RESULT>FAILURE</BACKUP_RESULT>"
 	env.tm(t, "qcow2", "postbackup_live", vm.tmArgs("0"), vm.xml(c))
-	exec.Command("flock", "-w", "30", filepath.Join(vm.dir, ".backup.lock"), "true").Run()
+	vm.waitUnlocked(t)
 	vm.checkClean(t)
 }

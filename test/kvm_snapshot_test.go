@@ -109,7 +109,7 @@ func TestKVMFileSnapshotCancel(t *testing.T) {
 		failed := c
 		failed.extraXML = "<BACKUP_RESULT>FAILURE</BACKUP_RESULT>"
 		env.tm(t, "qcow2", "postbackup_live", vm.tmArgs("0"), vm.xml(failed))
-		run(t, "flock", "-w", "30", vm.dir+"/.backup.lock", "true")
+		vm.waitUnlocked(t)
 		vm.checkClean(t)
 		if link := strings.TrimSpace(run(t, "readlink", vm.dir+"/disk.0")); link != "disk.0.snap/1" {
 			t.Errorf("%s: disk.0 -> %s after the cancelled try, want disk.0.snap/1", phase, link)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"onebackup/internal/lockfile"
 	"onebackup/internal/storage"
 )
 
@@ -108,26 +109,12 @@ func lockVM(ctx context.Context, vmDir string) (func(), error) {
 	if err := os.MkdirAll(vmDir, 0o755); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(filepath.Join(vmDir, ".backup.lock"), os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, err
+	path := filepath.Join(vmDir, ".backup.lock")
+	release, err := lockfile.Acquire(ctx, path, 5*time.Minute)
+	if errors.Is(err, lockfile.ErrTimeout) {
+		return nil, fmt.Errorf("another backup run of this VM holds %s", path)
 	}
-	deadline := time.Now().Add(5 * time.Minute)
-	for {
-		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err == nil {
-			return func() { f.Close() }, nil
-		}
-		if time.Now().After(deadline) {
-			f.Close()
-			return nil, fmt.Errorf("another backup run of this VM holds %s", f.Name())
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+	return release, err
 }
 
 func prepare(ctx context.Context, o *options) (*storage.Job, *vmXML, storage.Adapter, error) {

@@ -14,9 +14,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 
 	"onebackup/internal/backend"
+	"onebackup/internal/lockfile"
 	"onebackup/internal/one"
 	"onebackup/internal/remote"
 )
@@ -130,7 +130,7 @@ func (e *missingRepoError) Unwrap() error { return e.err }
 // frontend, so that the first backups of several VMs of one backup job do not race.
 func (s *Store) EnsureRepo(ctx context.Context, loc backend.Location) error {
 	repo := s.cfg.Repo(loc)
-	unlock, err := lockFile(fmt.Sprintf("restic-init-%d.lock", s.cfg.DSID))
+	unlock, err := lockFile(ctx, fmt.Sprintf("restic-init-%d.lock", s.cfg.DSID))
 	if err != nil {
 		return err
 	}
@@ -151,21 +151,13 @@ func (s *Store) EnsureRepo(ctx context.Context, loc backend.Location) error {
 	return nil
 }
 
-// lockFile takes an exclusive flock on a file of the run directory.
-func lockFile(name string) (func(), error) {
+// lockFile takes an exclusive lock named name in the run directory.
+func lockFile(ctx context.Context, name string) (func(), error) {
 	dir := one.RunDir()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("cannot create the run directory: %v", err)
 	}
-	f, err := os.OpenFile(filepath.Join(dir, name), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return func() { f.Close() }, nil
+	return lockfile.Acquire(ctx, filepath.Join(dir, name), 0)
 }
 
 // snapshot is one entry of `restic snapshots --json`.
