@@ -159,6 +159,20 @@ func TestResticBackupBasePath(t *testing.T) {
 	h.checkSnapshot(t, base+"/44", id, 44, st)
 }
 
+// An SFTP server that cannot be reached: backup and monitor fail with one line saying why.
+func TestResticUnknownServer(t *testing.T) {
+	stageBackup(t, stagingOf(92), 92, 0, []int{8}, 1)
+	ds := resticDS(142, dsAttrs{"RESTIC_SFTP_SERVER": "bk-gone"})
+	r := h.driver(t, "restic", "backup", backupArgs("hv1", 92, ""), backupStdin(ds, vmXML(92, "")))
+	if r.code == 0 || !oneFailure(r.stderr, "restic on the frontend could not connect onwards: unknown host") {
+		t.Errorf("backup: exit %d, stderr %q", r.code, r.stderr)
+	}
+	r = h.driver(t, "restic", "monitor", []string{"142"}, dsMadStdin(ds))
+	if r.code == 0 || r.stdout != "" || !oneFailure(r.stderr, "ssh to oneadmin@bk-gone failed: unknown host") {
+		t.Errorf("monitor: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+}
+
 func TestResticBackupLastBridge(t *testing.T) {
 	resetDS(t, 113)
 	stageBackup(t, stagingOf(45), 45, 0, []int{16}, 1)

@@ -22,6 +22,9 @@ func TestExitErrorNamesWhatFailed(t *testing.T) {
 			"rsync: connection unexpectedly closed (0 bytes received so far) [sender]\n" +
 			"onebackup agent: rsync exited with code 255\n"},
 			"rsync on hv1 could not connect onwards: authentication refused"},
+		{ExitError{Target: Local, Prog: "restic", Code: 1, Stderr: "subprocess ssh: ssh: Could not resolve hostname bk9: Name or service not known\n" +
+			"Fatal: unable to open repository at sftp:oneadmin@bk9:/x: unable to start the sftp session, error: EOF\n"},
+			"restic on the frontend could not connect onwards: unknown host"},
 		{ExitError{Target: hv1, Prog: "rm", Code: 1, Stderr: "rm: cannot remove '/x': Permission denied\n"},
 			"rm on hv1 exited with code 1"},
 		{ExitError{Target: hv1, Prog: "onebackup", Code: 127, Stderr: "sh: 1: /var/tmp/one/datastore/onebackup: not found\n"},

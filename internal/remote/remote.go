@@ -95,7 +95,7 @@ func (e *ExitError) Error() string {
 		}
 		return fmt.Sprintf("%s not found on %s: %s", e.Prog, e.Target, detail)
 	}
-	if hop := sshProblem(e.Stderr); hop != "" && e.Target.Host != "" {
+	if hop := sshProblem(e.Stderr); hop != "" {
 		// The program's own ssh (restic's sftp, rsync's transport) to the next host failed.
 		return fmt.Sprintf("%s on %s could not connect onwards: %s: %s", e.Prog, e.Target, hop, detail)
 	}
