@@ -252,6 +252,20 @@ func stageBackup(t testing.TB, dir string, vmID, inc int, diskMiB []int, dataMiB
 	return s
 }
 
+// basePathRemotes lays out a frontend remotes tree whose datastore.conf sets BACKUP_BASE_PATH to
+// /var/lib/one/bkstage (the restic binary linked from the installed one), for ONEBACKUP_REMOTES.
+func basePathRemotes(t testing.TB) string {
+	t.Helper()
+	remotes := t.TempDir()
+	os.MkdirAll(remotes+"/etc/datastore", 0o755)
+	os.MkdirAll(remotes+"/datastore/restic", 0o755)
+	os.Symlink("/var/lib/one/remotes/datastore/restic/restic", remotes+"/datastore/restic/restic")
+	os.WriteFile(remotes+"/etc/datastore/datastore.conf", []byte("# staging outside the VM dirs\nexport BACKUP_BASE_PATH=\"/var/lib/one/bkstage\"\n"), 0o644)
+	chownOneadmin(t, remotes)
+	os.Chmod(filepath.Dir(remotes), 0o755)
+	return remotes
+}
+
 // vmDir is a VM's directory in system datastore 0, as oned passes it (with the '//').
 func vmDir(vmID int) string { return fmt.Sprintf("/var/lib/one//datastores/0/%d", vmID) }
 

@@ -41,13 +41,7 @@ func TestKVMFileTPMAndBasePath(t *testing.T) {
 	vid := 570
 	base := resetDS(t, 423)
 	ds := resticDS(423, nil)
-	remotes := t.TempDir()
-	os.MkdirAll(remotes+"/etc/datastore", 0o755)
-	os.MkdirAll(remotes+"/datastore/restic", 0o755)
-	os.Symlink("/var/lib/one/remotes/datastore/restic/restic", remotes+"/datastore/restic/restic")
-	os.WriteFile(remotes+"/etc/datastore/datastore.conf", []byte("export BACKUP_BASE_PATH=\"/var/lib/one/bkstage\"\n"), 0o644)
-	chownOneadmin(t, remotes)
-	os.Chmod(filepath.Dir(remotes), 0o755)
+	remotes := basePathRemotes(t)
 
 	os.MkdirAll("/var/lib/one/bkstage", 0o755)
 	chownOneadmin(t, "/var/lib/one/bkstage")

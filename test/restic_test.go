@@ -2,9 +2,7 @@ package test
 
 import (
 	"encoding/json"
-
 	"fmt"
-	"onebackup/internal/remote"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -12,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"onebackup/internal/remote"
 )
 
 // secretMarker is the part of the test passwords no other process on the machine can contain,
@@ -145,13 +145,7 @@ func TestResticBackupJobRepository(t *testing.T) {
 
 func TestResticBackupBasePath(t *testing.T) {
 	base := resetDS(t, 112)
-	remotes := t.TempDir()
-	os.MkdirAll(remotes+"/etc/datastore", 0o755)
-	os.MkdirAll(remotes+"/datastore/restic", 0o755)
-	os.Symlink("/var/lib/one/remotes/datastore/restic/restic", remotes+"/datastore/restic/restic")
-	os.WriteFile(remotes+"/etc/datastore/datastore.conf", []byte("# staging outside the VM dirs\nexport BACKUP_BASE_PATH=\"/var/lib/one/bkstage\"\n"), 0o644)
-	chownOneadmin(t, remotes)
-	os.Chmod(filepath.Dir(remotes), 0o755)
+	remotes := basePathRemotes(t)
 
 	st := stageBackup(t, "/var/lib/one/bkstage/44/backup", 44, 0, []int{16}, 2)
 	os.RemoveAll(stagingOf(44))

@@ -147,11 +147,7 @@ func contains(list []string, s string) bool {
 
 func TestRsyncBackupBasePath(t *testing.T) {
 	base := resetDS(t, 201)
-	remotes := t.TempDir()
-	os.MkdirAll(remotes+"/etc/datastore", 0o755)
-	os.WriteFile(remotes+"/etc/datastore/datastore.conf", []byte("# staging outside the VM dirs\nexport BACKUP_BASE_PATH=\"/var/lib/one/bkstage\"\n"), 0o644)
-	chownOneadmin(t, remotes)
-	os.Chmod(filepath.Dir(remotes), 0o755)
+	remotes := basePathRemotes(t)
 
 	st := stageBackup(t, "/var/lib/one/bkstage/61/backup", 61, 0, []int{16}, 2)
 	os.RemoveAll(stagingOf(61))
