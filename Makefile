@@ -6,7 +6,6 @@ BIN       := bin/onebackup
 # The hypervisor-side binary links libvirt (cgo, needs libvirt-dev): built by build-host only.
 HOST_BIN  := bin/onebackup-host
 HOST_LDFLAGS := -s -w -X onebackup/internal/hostcli.Version=$(VERSION)
-TM_DRIVERS := qcow2 shared ssh local
 TM_ACTIONS := prebackup prebackup_live postbackup postbackup_live
 # Where `make install` lays out OpenNebula's remotes tree.
 DESTDIR   ?=
@@ -33,8 +32,10 @@ deps:
 deps-kvm:
 	test/harness/setup-kvm.sh
 
+# Unit tests of every package that builds without cgo libraries (libvirt-dev, Ceph): the
+# hypervisor sides that link them and the host binary are left to `make test`.
 unit:
-	$(GO) test ./internal/...
+	$(GO) test $$($(GO) list -f '{{.ImportPath}} {{join .Deps " "}}' ./internal/... ./cmd/... | awk '!/libvirt\.org|github\.com\/ceph/ {print $$1}')
 
 test: deps deps-kvm build build-host
 	$(GO) test -count=1 -timeout 40m ./...
@@ -52,7 +53,8 @@ install: build
 	for a in $(RESTIC_ACTIONS); do ln -sfn ../onebackup $(DESTDIR)$(REMOTES)/datastore/restic/$$a; done
 	for a in $(RSYNC_ACTIONS); do ln -sfn ../onebackup $(DESTDIR)$(REMOTES)/datastore/rsync/$$a; done
 	for b in restic rsync; do ln -sfn onebackup $(DESTDIR)$(REMOTES)/datastore/$${b}_downloader.rb; done
-	for m in $(TM_DRIVERS); do install -d $(DESTDIR)$(REMOTES)/tm/$$m; \
+	# Only the TM drivers of the matrix's served rows: the others keep OpenNebula's scripts.
+	for m in $$($(BIN) tm drivers); do install -d $(DESTDIR)$(REMOTES)/tm/$$m; \
 	  for a in $(TM_ACTIONS); do install -m 0755 drivers/tm/qcow2/$$a $(DESTDIR)$(REMOTES)/tm/$$m/$$a; done; done
 	if [ -x "$(HOST_BIN)" ]; then install -m 0755 $(HOST_BIN) $(DESTDIR)$(REMOTES)/tm/onebackup-host; fi
 	if [ -x "$(RESTIC)" ]; then install -m 0755 $(RESTIC) $(DESTDIR)$(REMOTES)/datastore/restic/restic; fi

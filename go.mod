@@ -10,6 +10,7 @@ require (
 	github.com/spf13/pflag v1.0.9
 	golang.org/x/sys v0.13.0
 	libvirt.org/go/libvirt v1.10009.0
+	libvirt.org/go/libvirtxml v1.12008.0
 )
 
 require github.com/inconshreveable/mousetrap v1.1.0 // indirect

@@ -20,7 +20,6 @@ func TestKVMMatrixRefusals(t *testing.T) {
 	vm := newVM(t, env, 530, &tdisk{id: 0, format: "qcow2", sizeMiB: 16}, &tdisk{id: 1, format: "raw", sizeMiB: 16})
 	vm.start(t)
 	rawRow, _ := matrix.Lookup(matrix.KVM, matrix.FileRaw)
-	lxcRow, _ := matrix.Lookup(matrix.LXC, matrix.FileQcow2)
 	cases := []struct {
 		name string
 		c    bcfg
@@ -28,11 +27,8 @@ func TestKVMMatrixRefusals(t *testing.T) {
 	}{
 		{"raw incremental live", bcfg{mode: "INCREMENT", li: -1, incMode: "CBT", live: true, disks: "0:1"}, rawRow.IncrLive.Reason},
 		{"raw incremental poweroff", bcfg{mode: "INCREMENT", li: 0, incMode: "CBT", live: false, disks: "1"}, rawRow.IncrPowerOff.Reason},
-		{"LXC live on file", bcfg{mode: "FULL", li: -1, live: true, disks: "0", vmMad: "lxc"}, lxcRow.FullLive.Reason},
-		{"LXC incremental", bcfg{mode: "INCREMENT", li: -1, live: false, disks: "0", vmMad: "lxc"}, lxcRow.IncrPowerOff.Reason},
 		{"disk not in template", bcfg{mode: "FULL", li: -1, live: true, disks: "0:7"}, "disk 7 is selected for backup but not in the VM template"},
-		// In the matrix, but served by an adapter this host binary does not have.
-		{"LXC power-off full", bcfg{mode: "FULL", li: -1, live: false, disks: "0", vmMad: "lxc"}, `storage adapter "lxc-file" is allowed by the matrix but not built into this host binary`},
+		{"interactive", bcfg{mode: "FULL", li: -1, live: true, disks: "0", extraConfig: "<INTERACTIVE>YES</INTERACTIVE>"}, "INTERACTIVE=YES"},
 	}
 	for _, c := range cases {
 		r := env.tm(t, "qcow2", actionName("prebackup", c.c.live), vm.tmArgs(c.c.disks), vm.xml(c.c))

@@ -21,6 +21,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"onebackup/internal/hostjob"
+	"onebackup/internal/hostwire"
+	"onebackup/internal/hypervisor"
 	"onebackup/internal/lockfile"
 	"onebackup/internal/storage"
 )
@@ -70,7 +73,7 @@ func command(name, short string, fn func(context.Context, *options) error) *cobr
 		},
 	}
 	f := c.Flags()
-	f.StringVar(&o.vmXMLFile, "vm-xml", "", "VM XML `FILE` (raw or base64; - = stdin); default $"+VMXMLEnv+" or stdin")
+	f.StringVar(&o.vmXMLFile, "vm-xml", "", "VM XML `FILE` (raw or base64; - = stdin); default $"+hostwire.VMXMLEnv+" or stdin")
 	f.StringVar(&o.disks, "disks", "", "disk ids to back up, colon separated (argv $2 of the TM action)")
 	f.StringVar(&o.vmDir, "vm-dir", "", "VM directory on this host (default /var/lib/one/datastores/<DS_ID>/<VM ID>)")
 	f.StringVar(&o.deployID, "deploy-id", "", "libvirt domain UUID or name (default VM/DEPLOY_ID)")
@@ -117,31 +120,40 @@ func lockVM(ctx context.Context, vmDir string) (func(), error) {
 	return release, err
 }
 
-func prepare(ctx context.Context, o *options) (*storage.Job, *vmXML, storage.Adapter, error) {
+// row is the code of a matrix row: its hypervisor side and its storage side, composed.
+type row struct {
+	hv hypervisor.Hypervisor
+	st storage.Storage
+}
+
+func prepare(ctx context.Context, o *options) (*hostjob.Job, *vmDoc, row, error) {
 	log := logger{os.Stderr}
-	vm, err := o.readVMXML()
+	doc, err := o.readVMXML()
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, row{}, err
 	}
-	j, err := o.buildJob(ctx, vm, log)
+	j, err := o.buildJob(ctx, doc, log)
 	if err != nil {
-		return nil, vm, nil, err
+		return nil, doc, row{}, err
 	}
-	a, err := storage.Get(j.Decision.Adapter)
+	var r row
+	if r.hv, err = hypervisor.Get(j.Decision.Row.Hypervisor); err == nil {
+		r.st, err = storage.Get(j.Decision.Row.Storage.Side())
+	}
 	if err != nil {
-		return j, vm, nil, err
+		return j, doc, r, fmt.Errorf("%s: %w", j.Decision.Row.Name(), err)
 	}
-	return j, vm, a, nil
+	return j, doc, r, nil
 }
 
 func runBackup(ctx context.Context, o *options) error {
-	j, vm, a, err := prepare(ctx, o)
+	j, doc, r, err := prepare(ctx, o)
 	if err != nil {
 		return err
 	}
 	if j.DryRun {
-		fmt.Printf("VM %d: %s %s backup via adapter %s, increment %d (parent %d), mode %s, FS_FREEZE %s\n",
-			j.VMID, j.Decision.Row.Name(), kindOf(j), j.Decision.Adapter, j.BID, j.PID, modeOf(j), j.FSFreeze)
+		fmt.Printf("VM %d: %s %s backup (hypervisor side %s, storage side %s), increment %d (parent %d), mode %s, FS_FREEZE %s\n",
+			j.VMID, j.Decision.Row.Name(), kindOf(j), r.hv.Name(), r.st.Side(), j.BID, j.PID, modeOf(j), j.FSFreeze)
 		fmt.Printf("VM dir %s, staging %s\n", j.VMDir, j.BackupDir)
 		for _, d := range j.Disks {
 			fmt.Printf("disk %d (%s, %s) %s -> %s/disk.%d.%d\n", d.ID, d.Target, d.Format, d.Path, j.BackupDir, d.ID, j.BID)
@@ -153,10 +165,10 @@ func runBackup(ctx context.Context, o *options) error {
 		return err
 	}
 	defer unlock()
-	if err := a.Cleanup(ctx, j); err != nil {
+	if err := r.st.Cleanup(ctx, j, r.hv); err != nil {
 		return fmt.Errorf("leftovers of an earlier backup of VM %d: %w", j.VMID, err)
 	}
-	err = stage(ctx, j, vm, a)
+	err = stage(ctx, j, doc, r)
 	if err == nil {
 		j.Log.Infof("VM %d: staged %s backup %d in %s", j.VMID, kindOf(j), j.BID, j.BackupDir)
 		return nil
@@ -168,33 +180,33 @@ func runBackup(ctx context.Context, o *options) error {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 	defer cancel()
 	j.Success = false
-	if ferr := a.Finish(cctx, j); ferr != nil {
+	if ferr := r.st.Finish(cctx, j, r.hv); ferr != nil {
 		err = fmt.Errorf("%w (cleanup: %v)", err, ferr)
 	}
 	os.RemoveAll(j.BackupDir)
 	return err
 }
 
-func stage(ctx context.Context, j *storage.Job, vm *vmXML, a storage.Adapter) error {
+func stage(ctx context.Context, j *hostjob.Job, doc *vmDoc, r row) error {
 	if err := os.RemoveAll(j.BackupDir); err != nil {
 		return err
 	}
 	if err := os.MkdirAll(j.BackupDir, 0o755); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(j.BackupDir, "vm.xml"), []byte(base64Lines(vm.raw)), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(j.BackupDir, "vm.xml"), []byte(base64Lines(doc.raw)), 0o644); err != nil {
 		return err
 	}
-	if vm.text("TEMPLATE/TPM/MODEL") != "" {
+	if doc.vm.TPMModel() != "" {
 		if err := tarTPM(filepath.Join(j.VMDir, "tpm"), filepath.Join(j.BackupDir, "disk.tpm.0")); err != nil {
 			return fmt.Errorf("vTPM state: %v", err)
 		}
 	}
-	return a.Backup(ctx, j)
+	return r.st.Backup(ctx, j, r.hv)
 }
 
 func runPostbackup(ctx context.Context, o *options) error {
-	j, _, a, err := prepare(ctx, o)
+	j, _, r, err := prepare(ctx, o)
 	if j == nil {
 		return err
 	}
@@ -212,10 +224,10 @@ func runPostbackup(ctx context.Context, o *options) error {
 		return err
 	}
 	defer unlock()
-	return a.Finish(ctx, j)
+	return r.st.Finish(ctx, j, r.hv)
 }
 
-func removeStaging(j *storage.Job) {
+func removeStaging(j *hostjob.Job) {
 	if j.DryRun {
 		return
 	}
@@ -226,7 +238,7 @@ func removeStaging(j *storage.Job) {
 	}
 }
 
-func kindOf(j *storage.Job) string {
+func kindOf(j *hostjob.Job) string {
 	k := "full"
 	if j.PID >= 0 {
 		k = "incremental"
@@ -237,7 +249,7 @@ func kindOf(j *storage.Job) string {
 	return k + " power-off"
 }
 
-func modeOf(j *storage.Job) string {
+func modeOf(j *hostjob.Job) string {
 	if !j.Decision.Incremental {
 		return "FULL"
 	}

@@ -29,16 +29,28 @@ const (
 	LVMShared Storage = "lvm-shared" // fs_lvm: no backup support at all
 )
 
-// Adapter names (internal/storage implementations).
+// Side is the storage folder that serves a kind of disk (internal/storage/<side>): the file
+// side reads qcow2 and raw files, the rbd side RBD images, the lvm side logical volumes.
+type Side string
+
 const (
-	AdapterKVMFile = "kvm-file"
-	AdapterCeph    = "ceph"
-	AdapterLVMThin = "lvm-thin"
-	AdapterLVM     = "lvm"
-	AdapterLXCFile = "lxc-file"
-	AdapterLXCCeph = "lxc-ceph"
-	AdapterLXCLVM  = "lxc-lvm-thin"
+	SideFile Side = "file"
+	SideRBD  Side = "rbd"
+	SideLVM  Side = "lvm"
 )
+
+// Side is the storage side serving the kind ("" for kinds nothing serves).
+func (s Storage) Side() Side {
+	switch s {
+	case FileQcow2, FileRaw:
+		return SideFile
+	case Ceph:
+		return SideRBD
+	case LVMThin, LVMThick:
+		return SideLVM
+	}
+	return ""
+}
 
 // Cell is one (full|incremental, live|power-off) entry of a row.
 type Cell struct {
@@ -51,9 +63,12 @@ func no(why string) Cell { return Cell{Reason: why} }
 
 // Row is one line of the matrix.
 type Row struct {
-	Hypervisor   Hypervisor
-	Storage      Storage
-	Adapter      string // the storage adapter serving every allowed cell of the row
+	Hypervisor Hypervisor
+	Storage    Storage
+	// Served: this project's host side serves the row (its hypervisor side and its storage side
+	// are built into onebackup-host). A row that is not served keeps OpenNebula's own TM scripts
+	// (make install leaves them in place) and is refused by our host side.
+	Served       bool
 	FullLive     Cell
 	FullPowerOff Cell
 	IncrLive     Cell
@@ -99,21 +114,22 @@ const (
 	lvmShared     = "the fs_lvm (shared LVM) driver does not support backups"
 	lxcLive       = "LXC containers on this storage can be backed up only while powered off"
 	lxcIncr       = "LXC containers support full backups only"
+	interactive   = "interactive backups (INTERACTIVE=YES, OneBEX) are not supported by these drivers yet; set INTERACTIVE=NO in the VM's backup configuration"
 )
 
 // Table is the matrix (spec §0.3 with the project's policy for the rows the reference only
 // half-supports). Order matters only for listings.
 var Table = []Row{
-	{Hypervisor: KVM, Storage: FileQcow2, Adapter: AdapterKVMFile, FullLive: yes(), FullPowerOff: yes(), IncrLive: yes(), IncrPowerOff: yes(), IncrementModes: []IncrementMode{CBT, Snapshot}},
-	{Hypervisor: KVM, Storage: FileRaw, Adapter: AdapterKVMFile, FullLive: yes(), FullPowerOff: yes(), IncrLive: no(rawFullOnly), IncrPowerOff: no(rawFullOnly)},
-	{Hypervisor: KVM, Storage: Ceph, Adapter: AdapterCeph, FullLive: yes(), FullPowerOff: yes(), IncrLive: yes(), IncrPowerOff: yes()},
-	{Hypervisor: KVM, Storage: LVMThin, Adapter: AdapterLVMThin, FullLive: yes(), FullPowerOff: yes(), IncrLive: no("LVM thin supports full backups only"), IncrPowerOff: no("LVM thin supports full backups only")},
-	{Hypervisor: KVM, Storage: LVMThick, Adapter: AdapterLVM, FullLive: no(thickFullOnly), FullPowerOff: yes(), IncrLive: no(thickFullOnly), IncrPowerOff: no(thickFullOnly)},
+	{Hypervisor: KVM, Storage: FileQcow2, Served: true, FullLive: yes(), FullPowerOff: yes(), IncrLive: yes(), IncrPowerOff: yes(), IncrementModes: []IncrementMode{CBT, Snapshot}},
+	{Hypervisor: KVM, Storage: FileRaw, Served: true, FullLive: yes(), FullPowerOff: yes(), IncrLive: no(rawFullOnly), IncrPowerOff: no(rawFullOnly)},
+	{Hypervisor: KVM, Storage: Ceph, FullLive: yes(), FullPowerOff: yes(), IncrLive: yes(), IncrPowerOff: yes()},
+	{Hypervisor: KVM, Storage: LVMThin, FullLive: yes(), FullPowerOff: yes(), IncrLive: no("LVM thin supports full backups only"), IncrPowerOff: no("LVM thin supports full backups only")},
+	{Hypervisor: KVM, Storage: LVMThick, FullLive: no(thickFullOnly), FullPowerOff: yes(), IncrLive: no(thickFullOnly), IncrPowerOff: no(thickFullOnly)},
 	{Hypervisor: KVM, Storage: LVMShared, FullLive: no(lvmShared), FullPowerOff: no(lvmShared), IncrLive: no(lvmShared), IncrPowerOff: no(lvmShared)},
-	{Hypervisor: LXC, Storage: FileQcow2, Adapter: AdapterLXCFile, FullLive: no(lxcLive), FullPowerOff: yes(), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr)},
-	{Hypervisor: LXC, Storage: FileRaw, Adapter: AdapterLXCFile, FullLive: no(lxcLive), FullPowerOff: yes(), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr)},
-	{Hypervisor: LXC, Storage: Ceph, Adapter: AdapterLXCCeph, FullLive: no(lxcLive), FullPowerOff: yes(), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr)},
-	{Hypervisor: LXC, Storage: LVMThin, Adapter: AdapterLXCLVM, FullLive: yes(), FullPowerOff: yes(), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr), FreezeNoneOnly: true},
+	{Hypervisor: LXC, Storage: FileQcow2, FullLive: no(lxcLive), FullPowerOff: yes(), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr)},
+	{Hypervisor: LXC, Storage: FileRaw, FullLive: no(lxcLive), FullPowerOff: yes(), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr)},
+	{Hypervisor: LXC, Storage: Ceph, FullLive: no(lxcLive), FullPowerOff: yes(), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr)},
+	{Hypervisor: LXC, Storage: LVMThin, FullLive: yes(), FullPowerOff: yes(), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr), FreezeNoneOnly: true},
 	{Hypervisor: LXC, Storage: LVMThick, FullLive: no("LXC on thick LVM: no backup support"), FullPowerOff: no("LXC on thick LVM: no backup support"), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr)},
 }
 
@@ -135,12 +151,12 @@ type Request struct {
 	Live          bool // LCM state BACKUP (69) rather than BACKUP_POWEROFF (70)
 	IncrementMode IncrementMode
 	FSFreeze      string // NONE, AGENT, SUSPEND
+	Interactive   bool   // INTERACTIVE=YES
 }
 
-// Decision is an allowed request: which adapter and how.
+// Decision is an allowed request: the row (whose hypervisor and storage sides do the work) and how.
 type Decision struct {
 	Row           Row
-	Adapter       string
 	Incremental   bool
 	Live          bool
 	IncrementMode IncrementMode // "" for full backups and rows that ignore it
@@ -173,6 +189,9 @@ func Resolve(req Request) (Decision, error) {
 		name := strings.ToUpper(string(req.Hypervisor)) + " " + string(req.Storage)
 		return Decision{}, &Error{Row: name, Reason: "not in the backup compatibility matrix"}
 	}
+	if req.Interactive {
+		return Decision{}, &Error{Row: row.Name(), Reason: interactive}
+	}
 	cell := row.Cell(req.Incremental, req.Live)
 	if !cell.OK {
 		return Decision{}, &Error{Row: row.Name(), Reason: fmt.Sprintf("%s backup not supported: %s", Kind(req.Incremental, req.Live), cell.Reason)}
@@ -180,7 +199,10 @@ func Resolve(req Request) (Decision, error) {
 	if req.Live && row.FreezeNoneOnly && req.FSFreeze != "" && !strings.EqualFold(req.FSFreeze, "NONE") {
 		return Decision{}, &Error{Row: row.Name(), Reason: fmt.Sprintf("live backups need FS_FREEZE=NONE (got %s)", req.FSFreeze)}
 	}
-	d := Decision{Row: row, Adapter: row.Adapter, Incremental: req.Incremental, Live: req.Live}
+	if !row.Served {
+		return Decision{}, &Error{Row: row.Name(), Reason: "allowed by the matrix but not served by these drivers yet (OpenNebula's own TM scripts back it up)"}
+	}
+	d := Decision{Row: row, Incremental: req.Incremental, Live: req.Live}
 	if req.Incremental && len(row.IncrementModes) > 0 {
 		d.IncrementMode = NormalizeIncrementMode(string(req.IncrementMode))
 	}
@@ -195,7 +217,7 @@ func NormalizeIncrementMode(s string) IncrementMode {
 	return CBT
 }
 
-// ResolveVM resolves every disk of a VM; all disks must be allowed and served by one adapter.
+// ResolveVM resolves every disk of a VM; all disks must be allowed and served by one storage side.
 func ResolveVM(reqs []Request) (Decision, error) {
 	if len(reqs) == 0 {
 		return Decision{}, fmt.Errorf("no disks to back up")
@@ -210,36 +232,69 @@ func ResolveVM(reqs []Request) (Decision, error) {
 			first = d
 			continue
 		}
-		if d.Adapter != first.Adapter {
+		if d.Row.Hypervisor != first.Row.Hypervisor || d.Row.Storage.Side() != first.Row.Storage.Side() {
 			return Decision{}, &Error{Row: d.Row.Name(), Reason: fmt.Sprintf("a VM mixing %s and %s disks cannot be backed up in one run", first.Row.Name(), d.Row.Name())}
 		}
 	}
 	return first, nil
 }
 
-// StorageOf classifies a disk from the system datastore TM_MAD and the disk attributes.
-func StorageOf(systemTM, diskTM, diskType, format string, lvmThin bool) (Storage, error) {
+// systemDrivers lists, per system datastore TM_MAD, the kinds of disk it holds (spec §3.1). It
+// classifies disks (StorageOf) and, with the table's Served flags, tells which TM drivers our
+// host side takes over (TMDrivers).
+var systemDrivers = []struct {
+	TM    string
+	Kinds []Storage
+}{
+	{"qcow2", []Storage{FileQcow2, FileRaw}},
+	{"shared", []Storage{FileQcow2, FileRaw}},
+	{"ssh", []Storage{FileQcow2, FileRaw}},
+	{"local", []Storage{FileQcow2, FileRaw}},
+	{"ceph", []Storage{Ceph}},
+	{"fs_lvm_ssh", []Storage{LVMThin, LVMThick}},
+	{"lvm", []Storage{LVMThin}},
+	{"fs_lvm", []Storage{LVMShared}},
+}
+
+// TMDrivers are the system datastore TM_MADs whose backup actions these drivers serve: those
+// holding a kind of disk of a served row. make install replaces exactly these in <remotes>/tm.
+func TMDrivers() []string {
+	var out []string
+	for _, d := range systemDrivers {
+		served := false
+		for _, k := range d.Kinds {
+			for _, r := range Table {
+				served = served || r.Served && r.Storage == k
+			}
+		}
+		if served {
+			out = append(out, d.TM)
+		}
+	}
+	return out
+}
+
+// StorageOf classifies a disk from the system datastore TM_MAD and the disk's format and
+// LVM_THIN_ENABLE.
+func StorageOf(systemTM, format string, lvmThin bool) (Storage, error) {
 	tm := strings.ToLower(systemTM)
-	switch tm {
-	case "qcow2", "shared", "ssh", "local":
-		switch strings.ToLower(format) {
-		case "qcow2":
-			return FileQcow2, nil
-		case "raw", "":
-			return FileRaw, nil
+	for _, d := range systemDrivers {
+		if d.TM != tm {
+			continue
 		}
-		return "", fmt.Errorf("disk format %q on a %s system datastore is not a file format the backup drivers know", format, systemTM)
-	case "ceph":
-		return Ceph, nil
-	case "fs_lvm_ssh":
-		if lvmThin {
-			return LVMThin, nil
+		switch {
+		case d.Kinds[0] == FileQcow2:
+			switch strings.ToLower(format) {
+			case "qcow2":
+				return FileQcow2, nil
+			case "raw", "":
+				return FileRaw, nil
+			}
+			return "", fmt.Errorf("disk format %q on a %s system datastore is not a file format the backup drivers know", format, systemTM)
+		case len(d.Kinds) == 2 && !lvmThin:
+			return d.Kinds[1], nil
 		}
-		return LVMThick, nil
-	case "lvm":
-		return LVMThin, nil
-	case "fs_lvm":
-		return LVMShared, nil
+		return d.Kinds[0], nil
 	}
 	return "", fmt.Errorf("system datastore TM_MAD %q has no backup support (spec §3.1)", systemTM)
 }

@@ -6,8 +6,8 @@ import (
 	"testing"
 )
 
-// Every cell of every row resolves as the table says: allowed cells give the row's adapter,
-// the others an *Error naming the row and carrying the cell's reason.
+// Every cell of every row resolves as the table says: allowed cells of served rows give the row,
+// allowed cells of rows not served yet and refused cells an *Error naming the row and the reason.
 func TestResolveIteratesTable(t *testing.T) {
 	seen := map[string]bool{}
 	for _, row := range Table {
@@ -20,15 +20,18 @@ func TestResolveIteratesTable(t *testing.T) {
 			for _, live := range []bool{false, true} {
 				cell := row.Cell(incr, live)
 				d, err := Resolve(Request{Hypervisor: row.Hypervisor, Storage: row.Storage, Incremental: incr, Live: live})
-				if cell.OK {
+				if cell.OK && row.Served {
 					if err != nil {
 						t.Errorf("%s %s: %v", row.Name(), Kind(incr, live), err)
 						continue
 					}
-					if d.Adapter == "" || d.Adapter != row.Adapter {
-						t.Errorf("%s %s: adapter %q, want %q", row.Name(), Kind(incr, live), d.Adapter, row.Adapter)
+					if d.Row.Name() != row.Name() || d.Row.Storage.Side() == "" {
+						t.Errorf("%s %s: resolved to row %q (side %q)", row.Name(), Kind(incr, live), d.Row.Name(), d.Row.Storage.Side())
 					}
 					continue
+				}
+				if cell.OK {
+					cell.Reason = "not served by these drivers yet"
 				}
 				var me *Error
 				if !errors.As(err, &me) {
@@ -95,7 +98,7 @@ func TestIncrementModeAndFreeze(t *testing.T) {
 	if _, err := Resolve(Request{Hypervisor: LXC, Storage: LVMThin, Live: true, FSFreeze: "AGENT"}); err == nil {
 		t.Error("LXC LVM thin live with FS_FREEZE=AGENT accepted")
 	}
-	if _, err := Resolve(Request{Hypervisor: LXC, Storage: LVMThin, Live: true, FSFreeze: "NONE"}); err != nil {
+	if _, err := Resolve(Request{Hypervisor: LXC, Storage: LVMThin, Live: true, FSFreeze: "NONE"}); err != nil && strings.Contains(err.Error(), "FS_FREEZE") {
 		t.Error(err)
 	}
 }
@@ -103,16 +106,21 @@ func TestIncrementModeAndFreeze(t *testing.T) {
 func TestResolveVM(t *testing.T) {
 	q := Request{Hypervisor: KVM, Storage: FileQcow2, Live: true}
 	r := Request{Hypervisor: KVM, Storage: FileRaw, Live: true}
-	if d, err := ResolveVM([]Request{q, r}); err != nil || d.Adapter != AdapterKVMFile {
+	if d, err := ResolveVM([]Request{q, r}); err != nil || d.Row.Storage.Side() != SideFile {
 		t.Errorf("qcow2+raw full: %+v %v", d, err)
 	}
 	q.Incremental, r.Incremental = true, true
 	if _, err := ResolveVM([]Request{q, r}); err == nil || !strings.Contains(err.Error(), "raw disks") {
 		t.Errorf("qcow2+raw incremental: %v", err)
 	}
-	c := Request{Hypervisor: KVM, Storage: Ceph}
-	if _, err := ResolveVM([]Request{{Hypervisor: KVM, Storage: FileQcow2}, c}); err == nil {
-		t.Error("mixed adapters accepted")
+	// Mixing storage sides in one VM is refused (with every side served or not).
+	for _, row := range Table {
+		if row.Hypervisor != KVM || row.Storage.Side() == SideFile || !row.FullPowerOff.OK {
+			continue
+		}
+		if _, err := ResolveVM([]Request{{Hypervisor: KVM, Storage: FileQcow2}, {Hypervisor: KVM, Storage: row.Storage}}); err == nil {
+			t.Errorf("file + %s accepted in one VM", row.Storage)
+		}
 	}
 	if _, err := ResolveVM(nil); err == nil {
 		t.Error("no disks accepted")
@@ -133,12 +141,48 @@ func TestStorageOf(t *testing.T) {
 		{"fs_lvm_ssh", "raw", false, LVMThick}, {"lvm", "raw", false, LVMThin}, {"fs_lvm", "raw", false, LVMShared},
 	}
 	for _, c := range cases {
-		got, err := StorageOf(c.sys, "", "FILE", c.format, c.thin)
+		got, err := StorageOf(c.sys, c.format, c.thin)
 		if err != nil || got != c.want {
 			t.Errorf("%s/%s: %s %v, want %s", c.sys, c.format, got, err, c.want)
 		}
 	}
-	if _, err := StorageOf("dev", "", "", "raw", false); err == nil {
+	if _, err := StorageOf("dev", "raw", false); err == nil {
 		t.Error("dev TM accepted")
+	}
+}
+
+// INTERACTIVE=YES is refused for every row, naming the row, instead of running a normal backup.
+func TestInteractiveRefused(t *testing.T) {
+	for _, row := range Table {
+		_, err := Resolve(Request{Hypervisor: row.Hypervisor, Storage: row.Storage, Interactive: true})
+		if err == nil || !strings.Contains(err.Error(), "INTERACTIVE=YES") || !strings.HasPrefix(err.Error(), row.Name()) {
+			t.Errorf("%s: interactive request gave %v", row.Name(), err)
+		}
+	}
+}
+
+// The TM drivers taken over are exactly those of served rows' storages: a storage whose rows are
+// not served keeps OpenNebula's own scripts.
+func TestTMDriversFollowTable(t *testing.T) {
+	got := map[string]bool{}
+	for _, d := range TMDrivers() {
+		got[d] = true
+	}
+	for _, d := range systemDrivers {
+		want := false
+		for _, r := range Table {
+			for _, k := range d.Kinds {
+				want = want || r.Served && r.Storage == k
+			}
+		}
+		if got[d.TM] != want {
+			t.Errorf("TM driver %s: served %v, want %v", d.TM, got[d.TM], want)
+		}
+		if k, err := StorageOf(d.TM, "raw", false); err != nil || k.Side() != d.Kinds[0].Side() {
+			t.Errorf("StorageOf(%s) = %s %v", d.TM, k, err)
+		}
+	}
+	if !got["qcow2"] || got["fs_lvm"] {
+		t.Errorf("TMDrivers() = %v", TMDrivers())
 	}
 }

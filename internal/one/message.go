@@ -20,6 +20,7 @@ const maxMessage = 64 << 20
 // because oned's callers order them differently.
 type Message struct {
 	root *etree.Element
+	raw  []byte
 }
 
 // ReadMessage reads one message: raw XML, or the base64 of it (oned's DS MAD sends base64, the
@@ -58,8 +59,11 @@ func ParseMessage(data []byte) (*Message, error) {
 	if root == nil {
 		return nil, errors.New("driver message has no XML root element")
 	}
-	return &Message{root: root}, nil
+	return &Message{root: root, raw: data}, nil
 }
+
+// Raw is the message's XML as received (base64 decoded).
+func (m *Message) Raw() []byte { return m.raw }
 
 // element finds the child named name, or the root itself when it has that name
 // (backup_cancel receives a bare <VM>).

@@ -1,5 +1,6 @@
 // Package tm is the frontend side of the system-datastore TM backup actions (prebackup,
-// prebackup_live, postbackup, postbackup_live) of the file drivers (qcow2, shared, ssh, local).
+// prebackup_live, postbackup, postbackup_live) of the drivers the matrix serves
+// (matrix.TMDrivers).
 // oned runs <remotes>/tm/<tm_mad>/<action> with the VMM's argv and the VM XML on stdin; this
 // package starts "onebackup-host host backup|postbackup" on the VM host over ssh (through the
 // far-side agent, so the process is tracked and stopped with the session) and relays its log.
@@ -24,24 +25,19 @@ import (
 	"github.com/spf13/cobra"
 
 	"onebackup/internal/backend"
-	"onebackup/internal/hostcli"
+	"onebackup/internal/hostwire"
+	"onebackup/internal/matrix"
 	"onebackup/internal/one"
 	"onebackup/internal/oned"
 	"onebackup/internal/remote"
 )
 
-// Drivers are the system-datastore TM_MADs served here (the host-side matrix decides the rest).
-var Drivers = []string{"qcow2", "shared", "ssh", "local"}
-
 // Actions are the TM actions served here.
 var Actions = []string{"prebackup", "prebackup_live", "postbackup", "postbackup_live"}
 
-// HostBinary is the host program's path on hypervisors: <SCRIPTS_REMOTE_DIR>/tm/onebackup-host.
-func HostBinary() string { return filepath.Join(one.HostRemotesDir(), "tm", "onebackup-host") }
-
 // Command is "onebackup tm <tm_mad> <action> host:vm_dir disks deploy_id bj_id vm_id sys_ds_id".
 func Command() *cobra.Command {
-	return &cobra.Command{
+	c := &cobra.Command{
 		Use:                "tm <tm_mad> <action> host:vm_dir disk_ids deploy_id bj_id|- vm_id system_ds_id",
 		Short:              "System-datastore TM backup actions (prebackup[_live], postbackup[_live]); VM XML on stdin",
 		DisableFlagParsing: true,
@@ -55,6 +51,16 @@ func Command() *cobra.Command {
 			return nil
 		},
 	}
+	c.AddCommand(&cobra.Command{
+		Use:   "drivers",
+		Short: "List the system datastore TM drivers whose backup actions these drivers serve (make install links exactly these)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			fmt.Fprintln(cmd.OutOrStdout(), strings.Join(matrix.TMDrivers(), " "))
+			return nil
+		},
+	})
+	return c
 }
 
 // DriverArgs maps an invocation as <dir>/tm/<tm_mad>/<action> to "tm <tm_mad> <action> args…";
@@ -62,7 +68,7 @@ func Command() *cobra.Command {
 func DriverArgs(argv []string) ([]string, bool) {
 	action := filepath.Base(argv[0])
 	mad := filepath.Base(filepath.Dir(argv[0]))
-	if filepath.Base(filepath.Dir(filepath.Dir(argv[0]))) != "tm" || !contains(Drivers, mad) || !contains(Actions, action) {
+	if filepath.Base(filepath.Dir(filepath.Dir(argv[0]))) != "tm" || !contains(matrix.TMDrivers(), mad) || !contains(Actions, action) {
 		return nil, false
 	}
 	return append([]string{"tm", mad, action}, argv[1:]...), true
@@ -97,8 +103,8 @@ func Main(tmMad, action string, args []string, stdin io.Reader, stderr io.Writer
 }
 
 func run(ctx context.Context, tmMad, action string, args []string, stdin io.Reader, stderr io.Writer) error {
-	if !contains(Drivers, tmMad) {
-		return fmt.Errorf("TM driver %q: host-side backups are implemented for %v only", tmMad, Drivers)
+	if !contains(matrix.TMDrivers(), tmMad) {
+		return fmt.Errorf("TM driver %q: host-side backups are served for %v only", tmMad, matrix.TMDrivers())
 	}
 	if !contains(Actions, action) {
 		return fmt.Errorf("unknown TM backup action %q", action)
@@ -130,14 +136,14 @@ func run(ctx context.Context, tmMad, action string, args []string, stdin io.Read
 	if strings.HasSuffix(action, "_live") {
 		mode = "--live"
 	}
-	argv := []string{HostBinary(), "host", sub, "--disks", args[1], "--vm-dir", a.VMDir, "--deploy-id", a.DeployID,
+	argv := []string{hostwire.HostBinary(), "host", sub, "--disks", args[1], "--vm-dir", a.VMDir, "--deploy-id", a.DeployID,
 		"--backup-dir", staging, "--tm-mad", tmMad, mode}
 	if sub == "backup" {
 		argv = confine(ctx, xml, argv, a.VMDir, stderr)
 	}
-	env := map[string]string{hostcli.VMXMLEnv: hostcli.EncodeVMXML(xml)}
-	if v := os.Getenv("ONEBACKUP_TEST_HOLD"); v != "" {
-		env["ONEBACKUP_TEST_HOLD"] = v // test hook, see internal/storage/kvmfile
+	env := map[string]string{hostwire.VMXMLEnv: hostwire.EncodeVMXML(xml)}
+	if v := os.Getenv(hostwire.TestHoldEnv); v != "" {
+		env[hostwire.TestHoldEnv] = v // test hook, see hostjob.Hold
 	}
 	buf := make([]byte, 4)
 	rand.Read(buf)
@@ -203,5 +209,5 @@ func confine(ctx context.Context, vmXML []byte, argv []string, vmDir string, log
 		fmt.Fprintf(log, "WARNING: backup datastore %d: %s (running unconfined)\n", id, one.FailureLine(err))
 		return argv
 	}
-	return conf.Wrap(argv, vmDir, []string{hostcli.VMXMLEnv})
+	return conf.Wrap(argv, vmDir, []string{hostwire.VMXMLEnv})
 }

@@ -1,4 +1,4 @@
-package kvmfile
+package hostjob
 
 import (
 	"context"
@@ -10,11 +10,14 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"onebackup/internal/hostwire"
 )
 
-// journal records live state changes of a run in <tmp dir>/journal.json before they are made,
-// so that a later run (retry, cancel, postbackup) can undo them deterministically.
-type journal struct {
+// Journal records live state changes of a run in <tmp dir>/journal.json before they are made,
+// so that a later run (retry, cancel, postbackup) can undo them deterministically. Either side
+// writes its own fields: the hypervisor its freeze, the storage its helper processes.
+type Journal struct {
 	Frozen   string `json:"frozen,omitempty"`    // AGENT | SUSPEND while the guest may be frozen
 	NBDPid   int    `json:"nbd_pid,omitempty"`   // qemu-nbd serving a power-off increment
 	NBDStart string `json:"nbd_start,omitempty"` // its /proc start time (pid reuse guard)
@@ -23,15 +26,17 @@ type journal struct {
 
 func journalPath(tmp string) string { return filepath.Join(tmp, "journal.json") }
 
-func loadJournal(tmp string) journal {
-	var j journal
+// LoadJournal reads the journal of the VM whose tmp dir is tmp (empty when there is none).
+func LoadJournal(tmp string) Journal {
+	var j Journal
 	if data, err := os.ReadFile(journalPath(tmp)); err == nil {
 		json.Unmarshal(data, &j)
 	}
 	return j
 }
 
-func saveJournal(tmp string, j journal) error {
+// SaveJournal writes the journal atomically (a crash leaves the old or the new one).
+func SaveJournal(tmp string, j Journal) error {
 	if err := os.MkdirAll(tmp, 0o755); err != nil {
 		return err
 	}
@@ -48,8 +53,8 @@ func saveJournal(tmp string, j journal) error {
 	return os.Rename(p+".new", p)
 }
 
-// procStart is field 22 of /proc/<pid>/stat ("" when the process is gone or a zombie).
-func procStart(pid int) string {
+// ProcStart is field 22 of /proc/<pid>/stat ("" when the process is gone or a zombie).
+func ProcStart(pid int) string {
 	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return ""
@@ -66,31 +71,31 @@ func procStart(pid int) string {
 	return f[19]
 }
 
-// stopRecorded stops a process recorded with its start time, if it is still that process.
-func stopRecorded(pid int, start string) error {
-	if pid <= 0 || start == "" || procStart(pid) != start {
+// StopRecorded stops a process recorded with its start time, if it is still that process.
+func StopRecorded(pid int, start string) error {
+	if pid <= 0 || start == "" || ProcStart(pid) != start {
 		return nil
 	}
 	syscall.Kill(pid, syscall.SIGTERM)
 	for i := 0; i < 100; i++ {
-		if procStart(pid) != start {
+		if ProcStart(pid) != start {
 			return nil
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	syscall.Kill(pid, syscall.SIGKILL)
 	time.Sleep(100 * time.Millisecond)
-	if procStart(pid) == start {
+	if ProcStart(pid) == start {
 		return errors.New("leftover qemu-nbd " + strconv.Itoa(pid) + " does not stop")
 	}
 	return nil
 }
 
-// hold is a test hook: with ONEBACKUP_TEST_HOLD=<phase> the run stops at that phase (after
+// Hold is a test hook: with ONEBACKUP_TEST_HOLD=<phase> the run stops at that phase (after
 // writing <tmp dir>/hold.<phase>) until it is cancelled or <tmp dir>/release.<phase> appears,
 // so that tests can act (SIGTERM, guest writes) at a precise point. It does nothing otherwise.
-func hold(ctx context.Context, tmp, phase string) {
-	if os.Getenv("ONEBACKUP_TEST_HOLD") != phase {
+func Hold(ctx context.Context, tmp, phase string) {
+	if os.Getenv(hostwire.TestHoldEnv) != phase {
 		return
 	}
 	os.WriteFile(filepath.Join(tmp, "hold."+phase), nil, 0o644)

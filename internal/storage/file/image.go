@@ -1,39 +1,19 @@
-package kvmfile
+package file
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"regexp"
 	"sort"
 	"strconv"
-	"strings"
-	"syscall"
 	"time"
-)
 
-// run executes argv (never through a shell) and returns stdout; errors carry stderr.
-func run(ctx context.Context, stdin []byte, argv ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
-	cmd.WaitDelay = 10 * time.Second
-	if stdin != nil {
-		cmd.Stdin = bytes.NewReader(stdin)
-	}
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Run(); err != nil {
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("%s: %w", argv[0], ctx.Err())
-		}
-		return nil, fmt.Errorf("%s failed: %v: %s", strings.Join(argv, " "), err, strings.TrimSpace(errb.String()))
-	}
-	return out.Bytes(), nil
-}
+	"onebackup/internal/hostjob"
+	"onebackup/internal/storage"
+)
 
 // imageInfo is what qemu-img info reports about the top image of a disk.
 type imageInfo struct {
@@ -62,7 +42,7 @@ func (b bitmapInfo) inUse() bool {
 }
 
 func qemuImgInfo(ctx context.Context, path string) (*imageInfo, error) {
-	out, err := run(ctx, nil, "qemu-img", "info", "--output=json", "--force-share", path)
+	out, err := hostjob.Run(ctx, nil, "qemu-img", "info", "--output=json", "--force-share", path)
 	if err != nil {
 		return nil, err
 	}
@@ -73,7 +53,8 @@ func qemuImgInfo(ctx context.Context, path string) (*imageInfo, error) {
 	return &info, nil
 }
 
-// anchorName is the checkpoint / persistent bitmap of increment n of VM vid.
+// anchorName is the checkpoint / persistent bitmap of increment n of VM vid: libvirt's
+// checkpoint and the bitmap in the image carry the same name, OpenNebula's.
 func anchorName(vid, n int) string { return fmt.Sprintf("one-%d-%d", vid, n) }
 
 // anchorID parses a checkpoint or bitmap name of this VM only: "one-5-3" is VM 5's, never 55's.
@@ -107,8 +88,8 @@ type nbdExtent struct {
 }
 
 // dirtyExtents lists the dirty ranges of a bitmap context exported by an NBD server.
-func dirtyExtents(ctx context.Context, uri, context string) ([]nbdExtent, error) {
-	out, err := run(ctx, nil, "nbdinfo", "--json", "--map="+context, uri)
+func dirtyExtents(ctx context.Context, uri, context string) ([]storage.Extent, error) {
+	out, err := hostjob.Run(ctx, nil, "nbdinfo", "--json", "--map="+context, uri)
 	if err != nil {
 		return nil, err
 	}
@@ -116,10 +97,10 @@ func dirtyExtents(ctx context.Context, uri, context string) ([]nbdExtent, error)
 	if err := json.Unmarshal(out, &all); err != nil {
 		return nil, fmt.Errorf("nbdinfo map: %v", err)
 	}
-	var dirty []nbdExtent
+	var dirty []storage.Extent
 	for _, e := range all {
 		if e.Type&1 == 1 && e.Length > 0 {
-			dirty = append(dirty, e)
+			dirty = append(dirty, storage.Extent{Offset: e.Offset, Length: e.Length})
 		}
 	}
 	return dirty, nil
@@ -143,4 +124,38 @@ func waitSocket(ctx context.Context, path string, done <-chan struct{}) error {
 			return fmt.Errorf("qemu-nbd did not create %s in time", path)
 		}
 	}
+}
+
+// mapExtents lists what a full backup of an image holds: its allocated data (explicit=false:
+// a standalone full, where anything else reads as zeros anyway), or every range of the disk
+// with the unallocated and zero ones as zero extents (explicit=true: a full inside a chain,
+// which must override everything the increments below it hold).
+func mapExtents(ctx context.Context, path, format string, explicit bool) ([]storage.Extent, error) {
+	out, err := hostjob.Run(ctx, nil, "qemu-img", "map", "--output=json", "-U", "-f", format, path)
+	if err != nil {
+		return nil, err
+	}
+	var m []struct {
+		Start  int64 `json:"start"`
+		Length int64 `json:"length"`
+		Data   bool  `json:"data"`
+		Zero   bool  `json:"zero"`
+	}
+	if err := json.Unmarshal(out, &m); err != nil {
+		return nil, fmt.Errorf("qemu-img map %s: %w", path, err)
+	}
+	var ext []storage.Extent
+	for _, e := range m {
+		data := e.Data && !e.Zero
+		if !data && !explicit || e.Length <= 0 {
+			continue
+		}
+		// Neighbours of the same kind merge: fewer, larger requests.
+		if n := len(ext); n > 0 && ext[n-1].Zero == !data && ext[n-1].Offset+ext[n-1].Length == e.Start {
+			ext[n-1].Length += e.Length
+			continue
+		}
+		ext = append(ext, storage.Extent{Offset: e.Start, Length: e.Length, Zero: !data})
+	}
+	return ext, nil
 }

@@ -1,19 +1,15 @@
-package kvmfile
+package file
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"time"
 
-	"libvirt.org/go/libvirt"
-
-	"onebackup/internal/storage"
+	"onebackup/internal/hostjob"
+	"onebackup/internal/hypervisor"
 )
 
 // INCREMENT_MODE=SNAPSHOT keeps, per disk, a base layer <snap>/0 holding the disk at the last
@@ -34,7 +30,7 @@ type snapLayout struct {
 
 func (l snapLayout) layer(n int) string { return filepath.Join(l.dir, strconv.Itoa(n)) }
 
-func readLayout(d storage.Disk) (snapLayout, error) {
+func readLayout(d hostjob.Disk) (snapLayout, error) {
 	l := snapLayout{link: d.Path, top: -1}
 	fi, err := os.Lstat(d.Path)
 	if err != nil {
@@ -96,12 +92,12 @@ func backingOf(ctx context.Context, l snapLayout, n int) int {
 	return m
 }
 
-func (a *Adapter) snapshotBackup(ctx context.Context, j *storage.Job) error {
-	d, err := liveDomain(j)
+func (f *File) snapshotBackup(ctx context.Context, j *hostjob.Job, hv hypervisor.Hypervisor) error {
+	d, err := liveDomain(ctx, j, hv)
 	if err != nil {
 		return err
 	}
-	defer d.close()
+	defer closeDomain(d)
 	layouts := map[int]*snapLayout{}
 	full := map[int]bool{} // disks taking a full (chain start, or chain state lost)
 	for _, disk := range j.Disks {
@@ -110,7 +106,7 @@ func (a *Adapter) snapshotBackup(ctx context.Context, j *storage.Job) error {
 			return err
 		}
 		// An earlier try of this BID that was never rolled back.
-		if err := a.snapRollback(ctx, j, d, disk, &l); err != nil {
+		if err := f.snapRollback(ctx, j, d, disk, &l); err != nil {
 			return err
 		}
 		if j.PID >= 0 && (l.top != j.BID || backingOf(ctx, l, l.top) != 0) {
@@ -122,7 +118,7 @@ func (a *Adapter) snapshotBackup(ctx context.Context, j *storage.Job) error {
 			full[disk.ID] = true
 		}
 		if full[disk.ID] {
-			if err := a.snapFoldAll(ctx, j, d, disk, &l); err != nil {
+			if err := f.snapFoldAll(ctx, j, d, disk, &l); err != nil {
 				return err
 			}
 		}
@@ -134,55 +130,20 @@ func (a *Adapter) snapshotBackup(ctx context.Context, j *storage.Job) error {
 		l := layouts[disk.ID]
 		nl := l.layer(next)
 		os.Remove(nl)
-		if _, err := run(ctx, nil, "qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", l.layer(l.top), nl); err != nil {
+		if _, err := hostjob.Run(ctx, nil, "qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", l.layer(l.top), nl); err != nil {
 			return err
 		}
 	}
 	if d != nil {
-		var sx strings.Builder
-		sx.WriteString("<domainsnapshot><disks>")
-		all, err := d.disks()
-		if err != nil {
-			return err
+		layers := map[string]string{}
+		for _, disk := range j.Disks {
+			layers[disk.Target] = layouts[disk.ID].layer(next)
 		}
-		for _, dd := range all {
-			id, ok := -1, false
-			for _, disk := range j.Disks {
-				if disk.Target == dd.Target {
-					id, ok = disk.ID, true
-				}
+		if err := hypervisor.AtQuiescedPoint(ctx, hv, j, func() error { return d.Snapshot(layers) }); err != nil {
+			for _, f := range layers {
+				os.Remove(f)
 			}
-			if !ok {
-				fmt.Fprintf(&sx, "<disk name='%s' snapshot='no'/>", dd.Target)
-				continue
-			}
-			fmt.Fprintf(&sx, "<disk name='%s' snapshot='external' type='file'><source file='%s'/><driver type='qcow2'/></disk>",
-				dd.Target, xmlEscape(layouts[id].layer(next)))
-		}
-		sx.WriteString("</disks></domainsnapshot>")
-		undo, err := freeze(ctx, d, j)
-		if err != nil {
-			return err
-		}
-		hold(ctx, j.TmpDir, "frozen")
-		if ctx.Err() != nil {
-			err = ctx.Err()
-		} else {
-			var snap *libvirt.DomainSnapshot
-			snap, err = d.dom.CreateSnapshotXML(sx.String(), libvirt.DOMAIN_SNAPSHOT_CREATE_DISK_ONLY|libvirt.DOMAIN_SNAPSHOT_CREATE_ATOMIC|
-				libvirt.DOMAIN_SNAPSHOT_CREATE_NO_METADATA|libvirt.DOMAIN_SNAPSHOT_CREATE_REUSE_EXT)
-			if snap != nil {
-				snap.Free()
-			}
-		}
-		if uerr := undo(); uerr != nil {
-			err = errors.Join(err, uerr)
-		}
-		if err != nil {
-			for _, disk := range j.Disks {
-				os.Remove(layouts[disk.ID].layer(next))
-			}
-			return fmt.Errorf("external snapshot of %s: %v", j.DeployID, err)
+			return fmt.Errorf("external snapshot of %s: %w", j.DeployID, err)
 		}
 	}
 	for _, disk := range j.Disks {
@@ -191,23 +152,22 @@ func (a *Adapter) snapshotBackup(ctx context.Context, j *storage.Job) error {
 		if err := l.relink(next); err != nil {
 			return err
 		}
-		hold(ctx, j.TmpDir, "export")
+		hostjob.Hold(ctx, j.TmpDir, "export")
 		target := filepath.Join(j.BackupDir, fmt.Sprintf("disk.%d.%d", disk.ID, j.BID))
 		os.Remove(target)
 		var err error
 		switch {
-		case j.PID < 0:
-			err = convertFull(ctx, l.layer(0), "qcow2", target)
 		case full[disk.ID]:
+			// The whole disk as of the backup point; inside a chain every cluster explicit.
 			info, ierr := qemuImgInfo(ctx, l.layer(0))
 			if ierr != nil {
 				return ierr
 			}
-			err = convertExplicit(ctx, j, storage.Disk{ID: disk.ID, Path: l.layer(0)}, info, target)
+			err = fullFromImage(ctx, l.layer(0), info, target, j.PID >= 0)
 		default:
 			// The layer of the writes since the last backup, read-only now.
-			if _, err = run(ctx, nil, "cp", "--sparse=always", l.layer(prev), target); err == nil {
-				_, err = run(ctx, nil, "qemu-img", "rebase", "-q", "-u", "-b", "", target)
+			if _, err = hostjob.Run(ctx, nil, "cp", "--sparse=always", l.layer(prev), target); err == nil {
+				_, err = hostjob.Run(ctx, nil, "qemu-img", "rebase", "-q", "-u", "-b", "", target)
 			}
 		}
 		if err != nil {
@@ -218,7 +178,7 @@ func (a *Adapter) snapshotBackup(ctx context.Context, j *storage.Job) error {
 }
 
 // snapRollback undoes a try of this BID: the active layer BID+1 goes back into its backing.
-func (a *Adapter) snapRollback(ctx context.Context, j *storage.Job, d *domain, disk storage.Disk, l *snapLayout) error {
+func (f *File) snapRollback(ctx context.Context, j *hostjob.Job, d hypervisor.Domain, disk hostjob.Disk, l *snapLayout) error {
 	if l.top != j.BID+1 {
 		return nil
 	}
@@ -227,7 +187,7 @@ func (a *Adapter) snapRollback(ctx context.Context, j *storage.Job, d *domain, d
 		return fmt.Errorf("disk %d: layer %s has no numbered backing layer", disk.ID, l.layer(l.top))
 	}
 	j.Log.Infof("disk %d: rolling back snapshot layer %d into %d", disk.ID, l.top, b)
-	if err := a.commitTop(ctx, j, d, disk, *l, b); err != nil {
+	if err := f.commitTop(ctx, j, d, disk, *l, b); err != nil {
 		return err
 	}
 	old := l.layer(l.top)
@@ -238,9 +198,9 @@ func (a *Adapter) snapRollback(ctx context.Context, j *storage.Job, d *domain, d
 }
 
 // snapFoldAll brings a disk to "active layer 0" (moving a plain file into <snap>/0 first).
-func (a *Adapter) snapFoldAll(ctx context.Context, j *storage.Job, d *domain, disk storage.Disk, l *snapLayout) error {
+func (f *File) snapFoldAll(ctx context.Context, j *hostjob.Job, d hypervisor.Domain, disk hostjob.Disk, l *snapLayout) error {
 	if l.top < 0 && d != nil {
-		return a.snapAdoptLive(ctx, d, disk, l)
+		return f.snapAdoptLive(ctx, d, disk, l)
 	}
 	if l.top < 0 {
 		if err := os.MkdirAll(l.dir, 0o755); err != nil {
@@ -257,7 +217,7 @@ func (a *Adapter) snapFoldAll(ctx context.Context, j *storage.Job, d *domain, di
 		if b < 0 || b >= l.top {
 			return fmt.Errorf("disk %d: cannot fold layer %d (backing %d)", disk.ID, l.top, b)
 		}
-		if err := a.commitTop(ctx, j, d, disk, *l, b); err != nil {
+		if err := f.commitTop(ctx, j, d, disk, *l, b); err != nil {
 			return err
 		}
 		old := l.layer(l.top)
@@ -270,12 +230,12 @@ func (a *Adapter) snapFoldAll(ctx context.Context, j *storage.Job, d *domain, di
 }
 
 // commitTop merges the active layer into layer base (live: active block commit + pivot).
-func (a *Adapter) commitTop(ctx context.Context, j *storage.Job, d *domain, disk storage.Disk, l snapLayout, base int) error {
+func (f *File) commitTop(ctx context.Context, j *hostjob.Job, d hypervisor.Domain, disk hostjob.Disk, l snapLayout, base int) error {
 	if d == nil {
-		_, err := run(ctx, nil, "qemu-img", "commit", "-q", "-b", l.layer(base), l.layer(l.top))
+		_, err := hostjob.Run(ctx, nil, "qemu-img", "commit", "-q", "-b", l.layer(base), l.layer(l.top))
 		return err
 	}
-	baseName := d.chainPath(disk.Target, l.layer(base))
+	baseName := d.ChainName(disk.Target, l.layer(base))
 	if baseName == l.link {
 		// QEMU knows the base by the disk.<id> link and reopens it read-write by that name:
 		// the link must designate the base while it does (it ends there after the pivot).
@@ -283,54 +243,20 @@ func (a *Adapter) commitTop(ctx context.Context, j *storage.Job, d *domain, disk
 			return err
 		}
 	}
-	if err := d.dom.BlockCommit(disk.Target, baseName, "", 0, libvirt.DOMAIN_BLOCK_COMMIT_ACTIVE); err != nil {
-		return fmt.Errorf("block commit of disk %d: %v", disk.ID, err)
+	if err := d.CommitActive(ctx, disk.Target, baseName); err != nil {
+		return fmt.Errorf("disk %d: %w", disk.ID, err)
 	}
-	if err := d.waitBlockJob(ctx, disk.Target, true); err != nil {
-		return err
-	}
-	if err := d.dom.BlockJobAbort(disk.Target, libvirt.DOMAIN_BLOCK_JOB_ABORT_PIVOT); err != nil {
-		return fmt.Errorf("pivot of disk %d: %v", disk.ID, err)
-	}
-	return d.waitBlockJob(ctx, disk.Target, false)
-}
-
-// waitBlockJob waits until the disk's block job is ready (active commit) or gone.
-func (d *domain) waitBlockJob(ctx context.Context, target string, ready bool) error {
-	for i := 0; ; i++ {
-		info, err := d.dom.GetBlockJobInfo(target, 0)
-		if err != nil {
-			return err
-		}
-		gone := info.Type == 0 && info.End == 0
-		if gone && ready {
-			return errors.New("block job of " + target + " ended before it was ready")
-		}
-		if gone || ready && info.End > 0 && info.Cur == info.End {
-			if !gone && ready {
-				time.Sleep(50 * time.Millisecond) // let the job report READY
-			}
-			return nil
-		}
-		if i > 6000 {
-			return errors.New("block job of " + target + " does not finish")
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	return nil
 }
 
 // snapshotFinish: success folds layer BID into 0 (the active BID+1 then rests on 0); failure
 // rolls BID+1 back. Both are no-ops when already done.
-func (a *Adapter) snapshotFinish(ctx context.Context, j *storage.Job) error {
-	d, err := liveDomain(j)
+func (f *File) snapshotFinish(ctx context.Context, j *hostjob.Job, hv hypervisor.Hypervisor) error {
+	d, err := liveDomain(ctx, j, hv)
 	if err != nil {
 		return err
 	}
-	defer d.close()
+	defer closeDomain(d)
 	var errs []error
 	for _, disk := range j.Disks {
 		l, err := readLayout(disk)
@@ -339,7 +265,7 @@ func (a *Adapter) snapshotFinish(ctx context.Context, j *storage.Job) error {
 			continue
 		}
 		if !j.Success {
-			errs = append(errs, a.snapRollback(ctx, j, d, disk, &l))
+			errs = append(errs, f.snapRollback(ctx, j, d, disk, &l))
 			continue
 		}
 		if j.BID == 0 || l.top != j.BID+1 || backingOf(ctx, l, l.top) != j.BID {
@@ -350,7 +276,7 @@ func (a *Adapter) snapshotFinish(ctx context.Context, j *storage.Job) error {
 			continue
 		}
 		if d != nil {
-			baseName := d.chainPath(disk.Target, l.layer(0))
+			baseName := d.ChainName(disk.Target, l.layer(0))
 			active := l.top
 			if baseName == l.link {
 				// QEMU reopens the base read-write by the name it knows, the disk.<id> link:
@@ -360,10 +286,7 @@ func (a *Adapter) snapshotFinish(ctx context.Context, j *storage.Job) error {
 					continue
 				}
 			}
-			err := d.dom.BlockCommit(disk.Target, baseName, d.chainPath(disk.Target, l.layer(j.BID)), 0, 0)
-			if err == nil {
-				err = d.waitBlockJob(ctx, disk.Target, false)
-			}
+			err := d.Commit(ctx, disk.Target, baseName, d.ChainName(disk.Target, l.layer(j.BID)))
 			if rerr := l.relink(active); rerr != nil {
 				err = errors.Join(err, rerr)
 			}
@@ -373,20 +296,16 @@ func (a *Adapter) snapshotFinish(ctx context.Context, j *storage.Job) error {
 			}
 			// libvirt records the base under the name it knows (possibly the disk.<id> link,
 			// which points at the active layer now): write the layer's real path instead.
-			node, err := d.formatNode(l.layer(l.top))
-			if err == nil {
-				err = d.qmp("change-backing-file", map[string]any{"device": node.NodeName, "image-node-name": node.NodeName, "backing-file": l.layer(0)}, nil)
-			}
-			if err != nil {
+			if err := d.SetBacking(l.layer(l.top), l.layer(0)); err != nil {
 				errs = append(errs, fmt.Errorf("disk %d: cannot record layer 0 as the backing of layer %d: %v", disk.ID, l.top, err))
 				continue
 			}
 		} else {
-			if _, err := run(ctx, nil, "qemu-img", "commit", "-q", "-d", l.layer(j.BID)); err != nil {
+			if _, err := hostjob.Run(ctx, nil, "qemu-img", "commit", "-q", "-d", l.layer(j.BID)); err != nil {
 				errs = append(errs, err)
 				continue
 			}
-			if _, err := run(ctx, nil, "qemu-img", "rebase", "-q", "-u", "-F", "qcow2", "-b", l.layer(0), l.layer(l.top)); err != nil {
+			if _, err := hostjob.Run(ctx, nil, "qemu-img", "rebase", "-q", "-u", "-F", "qcow2", "-b", l.layer(0), l.layer(l.top)); err != nil {
 				errs = append(errs, err)
 				continue
 			}
@@ -398,46 +317,10 @@ func (a *Adapter) snapshotFinish(ctx context.Context, j *storage.Job) error {
 	return errors.Join(errs...)
 }
 
-// chainPath is the name libvirt knows a layer of a disk's backing chain by: a domain started
-// on disk.<id> knows the first layer by the link's path, whatever the link points at now. The
-// layer is found by its position in the image's real backing chain.
-func (d *domain) chainPath(target, file string) string {
-	want, err := filepath.EvalSymlinks(file)
-	if err != nil {
-		return file
-	}
-	all, err := d.disks()
-	if err != nil {
-		return file
-	}
-	for _, dd := range all {
-		if dd.Target != target {
-			continue
-		}
-		names := append([]string{dd.Source}, dd.Chain...)
-		out, err := run(context.Background(), nil, "qemu-img", "info", "--backing-chain", "--output=json", "--force-share", dd.Source)
-		if err != nil {
-			return file
-		}
-		var chain []struct {
-			Filename string `json:"filename"`
-		}
-		if json.Unmarshal(out, &chain) != nil {
-			return file
-		}
-		for i, c := range chain {
-			if real, err := filepath.EvalSymlinks(c.Filename); err == nil && real == want && i < len(names) {
-				return names[i]
-			}
-		}
-	}
-	return file
-}
-
 // snapAdoptLive moves a running plain-file disk (ssh/local system datastores) into the layer
 // layout: a block copy of the whole chain into <snap>/0, pivot, then disk.<id> -> <snap>/0.
 // QEMU then knows layer 0 by its own path.
-func (a *Adapter) snapAdoptLive(ctx context.Context, d *domain, disk storage.Disk, l *snapLayout) error {
+func (f *File) snapAdoptLive(ctx context.Context, d hypervisor.Domain, disk hostjob.Disk, l *snapLayout) error {
 	info, err := qemuImgInfo(ctx, disk.Path)
 	if err != nil {
 		return err
@@ -448,26 +331,12 @@ func (a *Adapter) snapAdoptLive(ctx context.Context, d *domain, disk storage.Dis
 	os.Symlink(".", filepath.Join(l.dir, filepath.Base(l.dir)))
 	dst := l.layer(0)
 	os.Remove(dst)
-	if _, err := run(ctx, nil, "qemu-img", "create", "-q", "-f", "qcow2", dst, fmt.Sprint(info.VirtualSize)); err != nil {
+	if _, err := hostjob.Run(ctx, nil, "qemu-img", "create", "-q", "-f", "qcow2", dst, fmt.Sprint(info.VirtualSize)); err != nil {
 		return err
 	}
-	xml := fmt.Sprintf("<disk type='file'><source file='%s'/><driver type='qcow2'/></disk>", xmlEscape(dst))
-	if err := d.dom.BlockCopy(disk.Target, xml, &libvirt.DomainBlockCopyParameters{}, libvirt.DOMAIN_BLOCK_COPY_REUSE_EXT|libvirt.DOMAIN_BLOCK_COPY_TRANSIENT_JOB); err != nil {
+	if err := d.CopyTo(ctx, disk.Target, dst); err != nil {
 		os.Remove(dst)
-		return fmt.Errorf("block copy of disk %d into %s: %v", disk.ID, dst, err)
-	}
-	if err := d.waitBlockJob(ctx, disk.Target, true); err != nil {
-		d.dom.BlockJobAbort(disk.Target, 0)
-		os.Remove(dst)
-		return err
-	}
-	if err := d.dom.BlockJobAbort(disk.Target, libvirt.DOMAIN_BLOCK_JOB_ABORT_PIVOT); err != nil {
-		d.dom.BlockJobAbort(disk.Target, 0)
-		os.Remove(dst)
-		return fmt.Errorf("pivot of disk %d to %s: %v", disk.ID, dst, err)
-	}
-	if err := d.waitBlockJob(ctx, disk.Target, false); err != nil {
-		return err
+		return fmt.Errorf("disk %d: %w", disk.ID, err)
 	}
 	// The VM runs on <snap>/0 now: the plain file is no longer used.
 	old := disk.Path + ".adopted"
