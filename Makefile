@@ -14,7 +14,7 @@ RESTIC    ?= $(CURDIR)/.cache/bin/restic
 RESTIC_ACTIONS := backup backup_cancel rm stat monitor ls restore increment_flatten cp clone mkfs snap_delete snap_revert snap_flatten
 RSYNC_ACTIONS  := backup backup_cancel rm stat monitor ls restore increment_flatten cp clone mkfs snap_delete snap_revert snap_flatten export
 
-.PHONY: all build build-host test unit demo install deps deps-kvm bench clean
+.PHONY: all build build-host test unit demo install deps deps-kvm deps-lxc bench clean
 
 all: build
 
@@ -32,12 +32,16 @@ deps:
 deps-kvm:
 	test/harness/setup-kvm.sh
 
+# The lxc tools, busybox and mkfs for the LXC tests, and oneadmin's sudo rule for lxc-info.
+deps-lxc:
+	test/harness/setup-lxc.sh
+
 # Unit tests of every package that builds without cgo libraries (libvirt-dev, Ceph): the
 # hypervisor sides that link them and the host binary are left to `make test`.
 unit:
 	$(GO) test $$($(GO) list -f '{{.ImportPath}} {{join .Deps " "}}' ./internal/... ./cmd/... | awk '!/libvirt\.org|github\.com\/ceph/ {print $$1}')
 
-test: deps deps-kvm build build-host
+test: deps deps-kvm deps-lxc build build-host
 	$(GO) test -count=1 -timeout 40m ./...
 
 demo: deps build

@@ -11,6 +11,7 @@ import (
 
 	"onebackup/internal/hostcli"
 	_ "onebackup/internal/hypervisor/kvm"
+	_ "onebackup/internal/hypervisor/lxc"
 	_ "onebackup/internal/storage/file"
 )
 

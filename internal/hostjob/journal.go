@@ -18,10 +18,12 @@ import (
 // so that a later run (retry, cancel, postbackup) can undo them deterministically. Either side
 // writes its own fields: the hypervisor its freeze, the storage its helper processes.
 type Journal struct {
-	Frozen   string `json:"frozen,omitempty"`    // AGENT | SUSPEND while the guest may be frozen
-	NBDPid   int    `json:"nbd_pid,omitempty"`   // qemu-nbd serving a power-off increment
-	NBDStart string `json:"nbd_start,omitempty"` // its /proc start time (pid reuse guard)
-	NBDSock  string `json:"nbd_sock,omitempty"`
+	Frozen string `json:"frozen,omitempty"` // AGENT | SUSPEND while the guest may be frozen
+	// FrozenMounts are the host mount points an LXC AGENT freeze froze (fsfreeze).
+	FrozenMounts []string `json:"frozen_mounts,omitempty"`
+	NBDPid       int      `json:"nbd_pid,omitempty"`   // qemu-nbd serving a power-off increment
+	NBDStart     string   `json:"nbd_start,omitempty"` // its /proc start time (pid reuse guard)
+	NBDSock      string   `json:"nbd_sock,omitempty"`
 }
 
 func journalPath(tmp string) string { return filepath.Join(tmp, "journal.json") }
