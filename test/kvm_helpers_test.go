@@ -44,7 +44,7 @@ func setupKVM() (*kvmEnv, error) {
 	steps := [][]string{
 		{filepath.Join(h.repo, "test/harness/setup-kvm.sh")},
 		{filepath.Join(h.repo, "test/harness/libvirt.sh"), "start"},
-		{"go", "build", "-o", filepath.Join(h.repo, "bin/onebackup-host"), "./cmd/onebackup-host"},
+		{"go", "build", "-tags", "testhooks", "-o", filepath.Join(h.repo, "bin/onebackup-host"), "./cmd/onebackup-host"},
 		{"install", "-d", "-o", "oneadmin", "-g", "oneadmin", "/var/tmp/one/tm"},
 		{"install", "-o", "oneadmin", "-g", "oneadmin", "-m", "0755", filepath.Join(h.repo, "bin/onebackup-host"), hostBinPath},
 		{"install", "-d", "-o", "oneadmin", "-g", "oneadmin", "/var/lib/one/datastores", "/var/lib/one/datastores/0", "/var/lib/one/datastores/1"},
@@ -69,7 +69,7 @@ func setupKVM() (*kvmEnv, error) {
 	out, _ := exec.Command(filepath.Join(h.repo, "bin/onebackup"), "tm").CombinedOutput()
 	if strings.Contains(string(out), "unknown command") {
 		env.tmBin = filepath.Join(h.state, "onebackup-tm")
-		cmd := exec.Command("go", "build", "-o", env.tmBin, "./internal/tm/tmmain")
+		cmd := exec.Command("go", "build", "-tags", "testhooks", "-o", env.tmBin, "./internal/tm/tmmain")
 		cmd.Dir = h.repo
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {

@@ -79,7 +79,8 @@ func startHarness() (*harness, error) {
 	defer setup.Close()
 	steps := [][]string{
 		{filepath.Join(h.repo, "test/harness/setup-deps.sh")},
-		{"go", "build", "-o", filepath.Join(h.repo, "bin/onebackup"), "./cmd/onebackup"},
+		// -tags testhooks: the binaries honour ONEBACKUP_TEST_HOLD (see hostjob.Hold).
+		{"go", "build", "-tags", "testhooks", "-o", filepath.Join(h.repo, "bin/onebackup"), "./cmd/onebackup"},
 		// The remotes are synced to hosts by `onehost sync`; here all hosts share one filesystem.
 		{"install", "-o", "oneadmin", "-g", "oneadmin", "-m", "0755", filepath.Join(h.repo, "bin/onebackup"), "/var/tmp/one/datastore/onebackup"},
 	}

@@ -1,7 +1,6 @@
 package hostjob
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"os"
@@ -10,8 +9,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"onebackup/internal/hostwire"
 )
 
 // Journal records live state changes of a run in <tmp dir>/journal.json before they are made,
@@ -91,25 +88,4 @@ func StopRecorded(pid int, start string) error {
 		return errors.New("leftover qemu-nbd " + strconv.Itoa(pid) + " does not stop")
 	}
 	return nil
-}
-
-// Hold is a test hook: with ONEBACKUP_TEST_HOLD=<phase> the run stops at that phase (after
-// writing <tmp dir>/hold.<phase>) until it is cancelled or <tmp dir>/release.<phase> appears,
-// so that tests can act (SIGTERM, guest writes) at a precise point. It does nothing otherwise.
-func Hold(ctx context.Context, tmp, phase string) {
-	if os.Getenv(hostwire.TestHoldEnv) != phase {
-		return
-	}
-	os.WriteFile(filepath.Join(tmp, "hold."+phase), nil, 0o644)
-	release := filepath.Join(tmp, "release."+phase)
-	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); {
-		if _, err := os.Stat(release); err == nil {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
 }

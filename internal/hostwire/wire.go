@@ -19,8 +19,8 @@ import (
 // which gives the program no stdin.
 const VMXMLEnv = "ONEBACKUP_VM_XML"
 
-// TestHoldEnv names the phase at which a host-side run pauses for a test (see hostjob.Hold). The
-// frontend passes it on only when it is set in its own environment.
+// TestHoldEnv names the phase at which a host-side run pauses for a test (see hostjob.Hold). Only
+// binaries built with -tags testhooks pass it on (TestEnv) or honour it.
 const TestHoldEnv = "ONEBACKUP_TEST_HOLD"
 
 // HostBinary is the host program's path on hypervisors: <SCRIPTS_REMOTE_DIR>/tm/onebackup-host.

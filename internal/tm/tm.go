@@ -141,10 +141,8 @@ func run(ctx context.Context, tmMad, action string, args []string, stdin io.Read
 	if sub == "backup" {
 		argv = confine(ctx, xml, argv, a.VMDir, stderr)
 	}
-	env := map[string]string{hostwire.VMXMLEnv: hostwire.EncodeVMXML(xml)}
-	if v := os.Getenv(hostwire.TestHoldEnv); v != "" {
-		env[hostwire.TestHoldEnv] = v // test hook, see hostjob.Hold
-	}
+	env := hostwire.TestEnv()
+	env[hostwire.VMXMLEnv] = hostwire.EncodeVMXML(xml)
 	buf := make([]byte, 4)
 	rand.Read(buf)
 	token := fmt.Sprintf("tm-%s-%d-%s", sub, a.VMID, hex.EncodeToString(buf))
