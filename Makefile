@@ -14,7 +14,7 @@ RESTIC    ?= $(CURDIR)/.cache/bin/restic
 RESTIC_ACTIONS := backup backup_cancel rm stat monitor ls restore increment_flatten cp clone mkfs snap_delete snap_revert snap_flatten
 RSYNC_ACTIONS  := backup backup_cancel rm stat monitor ls restore increment_flatten cp clone mkfs snap_delete snap_revert snap_flatten export
 
-.PHONY: all build build-host test unit demo install deps deps-kvm deps-lxc bench clean
+.PHONY: all build build-host test unit demo install deps deps-kvm deps-lxc deps-s3 bench clean
 
 all: build
 
@@ -36,12 +36,17 @@ deps-kvm:
 deps-lxc:
 	test/harness/setup-lxc.sh
 
+# A single-node Ceph with radosgw, and versitygw, the two S3 servers of the restic S3 tests.
+deps-s3:
+	test/harness/setup-ceph.sh
+	test/harness/setup-versitygw.sh
+
 # Unit tests of every package that builds without cgo libraries (libvirt-dev, Ceph): the
 # hypervisor sides that link them and the host binary are left to `make test`.
 unit:
 	$(GO) test $$($(GO) list -f '{{.ImportPath}} {{join .Deps " "}}' ./internal/... ./cmd/... | awk '!/libvirt\.org|github\.com\/ceph/ {print $$1}')
 
-test: deps deps-kvm deps-lxc build build-host
+test: deps deps-kvm deps-lxc deps-s3 build build-host
 	$(GO) test -count=1 -timeout 40m ./...
 
 demo: deps build

@@ -11,8 +11,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // oneadmin is the uid/gid the drivers run as, as on a real frontend.
@@ -345,4 +347,37 @@ func processesMatching(subs ...string) []string {
 func runErr(argv ...string) (string, error) {
 	out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
 	return string(out), err
+}
+
+// watchCmdlines polls every process's command line (but process except's) for secret until the
+// returned function is called, which returns the command lines that held it.
+func watchCmdlines(secret string, except int) func() []string {
+	var seen []string
+	var mu sync.Mutex
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for pid, cl := range procCmdlines() {
+				if pid != except && strings.Contains(cl, secret) {
+					mu.Lock()
+					seen = append(seen, fmt.Sprintf("%d: %s", pid, cl))
+					mu.Unlock()
+				}
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	return func() []string {
+		close(stop)
+		wg.Wait()
+		return seen
+	}
 }

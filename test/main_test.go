@@ -40,9 +40,15 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	for _, f := range afterTests {
+		f()
+	}
 	h.stop()
 	os.Exit(code)
 }
+
+// afterTests stop what tests started lazily and share (the S3 servers).
+var afterTests []func()
 
 // harness is the set of simulated hosts and installed programs.
 type harness struct {

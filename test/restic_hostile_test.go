@@ -2,12 +2,9 @@ package test
 
 import (
 	"encoding/base64"
-	"fmt"
 	"os"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 )
 
 func TestResticRefusesHostileInput(t *testing.T) {
@@ -81,32 +78,9 @@ func TestResticPasswordNeverExposed(t *testing.T) {
 	base := resetDS(t, 119)
 	st := stageBackup(t, stagingOf(51), 51, 0, []int{64}, 16)
 	ds := resticDS(119, dsAttrs{"RESTIC_BWLIMIT": "8192"}) // about 2 s of upload to watch
-	var seen []string
-	var mu sync.Mutex
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			for pid, cl := range procCmdlines() {
-				if strings.Contains(cl, secretMarker) {
-					mu.Lock()
-					seen = append(seen, fmt.Sprintf("%d: %s", pid, cl))
-					mu.Unlock()
-				}
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}()
+	done := watchCmdlines(secretMarker, 0)
 	r := h.driver(t, "restic", "backup", append(backupArgs("hv1", 51, ""), "-v"), backupStdin(ds, vmXML(51, "")))
-	close(stop)
-	wg.Wait()
+	seen := done()
 	if r.code != 0 {
 		t.Fatalf("backup failed: %s", r.stderr)
 	}

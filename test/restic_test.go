@@ -47,11 +47,19 @@ type resticSnapshot struct {
 	Tags  []string `json:"tags"`
 }
 
-// restic runs the frontend's restic as oneadmin against a repository path on bk1.
+// restic runs the frontend's restic as oneadmin against a repository: a path on bk1, or an
+// s3: address on one of the S3 test servers.
 func (h *harness) restic(t testing.TB, repoPath string, args ...string) string {
 	t.Helper()
-	argv := append([]string{"/var/lib/one/remotes/datastore/restic/restic", "--repo=sftp:oneadmin@bk1:" + repoPath}, args...)
-	return h.asOneadmin(t, []string{"RESTIC_PASSWORD=" + resticPassword}, argv...)
+	argv := []string{"/var/lib/one/remotes/datastore/restic/restic", "--repo=sftp:oneadmin@bk1:" + repoPath}
+	env := []string{"RESTIC_PASSWORD=" + resticPassword}
+	for _, s := range s3List {
+		if strings.HasPrefix(repoPath, "s3:"+s.endpoint+"/") {
+			argv = append(append(argv[:1], s.flags()...), "--repo="+repoPath)
+			env = s.env()
+		}
+	}
+	return h.asOneadmin(t, env, append(argv, args...)...)
 }
 
 func (h *harness) snapshots(t testing.TB, repoPath string) []resticSnapshot {

@@ -51,6 +51,8 @@ type FileReader interface {
 type Upload struct {
 	Cmd    remote.Cmd
 	Server string // the backup server the upload connects to, for messages
+	// SSH: the upload logs in to Server over ssh (SFTP, rsync), not with keys of its own (S3).
+	SSH bool
 	// OnLine sees every stdout line while the upload runs (progress, result).
 	OnLine func(line []byte)
 	// Result returns the backup id and the size in bytes once the upload succeeded.

@@ -136,7 +136,6 @@ func RunBackup(ctx context.Context, rt *Runtime, open Opener, msg *one.Message, 
 	if rt.DryRun {
 		return nil, nil
 	}
-	err = explainOwnCredentials(err, up, store.Backend())
 	if err == nil {
 		id, size, rerr := up.Result()
 		if rerr == nil {
@@ -153,6 +152,9 @@ func RunBackup(ctx context.Context, rt *Runtime, open Opener, msg *one.Message, 
 	}
 	if ctx.Err() != nil {
 		err = ErrCancelled
+	} else if explained := explainOwnCredentials(err, cleanupErr, up, store.Backend()); explained != nil {
+		// The cleanup ran into the same missing key: the one cause is what the operator needs.
+		return nil, explained
 	}
 	if cleanupErr != nil {
 		return nil, fmt.Errorf("%w (cleanup also failed: %v)", err, cleanupErr)

@@ -25,13 +25,21 @@ func ParseForwardAgent(ds *one.Datastore, prefix string) (bool, error) {
 	}
 }
 
-// explainOwnCredentials replaces the error of an upload that could not log in to the backup
-// server without a forwarded agent with what the operator has to set up. (The program's exit
-// code 255 would otherwise read as a failed ssh to the VM host.)
-func explainOwnCredentials(err error, up *Upload, backend string) error {
+// explainOwnCredentials says what the operator has to set up when an upload without a forwarded
+// agent could not log in to the backup server (nil when that is not what happened). ssh's own
+// "Permission denied" is the sign, but restic passes its ssh's stderr on only when it read it
+// before giving up (a race it often loses), so its "unable to start the sftp session" counts
+// too; the detail appended names the cause either way.
+func explainOwnCredentials(err, cleanupErr error, up *Upload, backend string) error {
 	var ee *remote.ExitError
-	if up.Cmd.ForwardAgent || !errors.As(err, &ee) || !strings.Contains(ee.Stderr, "Permission denied") {
-		return err
+	if !up.SSH || up.Cmd.ForwardAgent || !errors.As(err, &ee) {
+		return nil
+	}
+	refused := func(s string) bool {
+		return strings.Contains(s, "Permission denied") || strings.Contains(s, "unable to start the sftp session")
+	}
+	if !refused(ee.Stderr) && (cleanupErr == nil || !refused(cleanupErr.Error())) {
+		return nil
 	}
 	host := up.Cmd.Target.String()
 	return fmt.Errorf("%s has no ssh key of its own for %s (%s_FORWARD_AGENT=NO): give oneadmin on %s a key that %s accepts, or forward the agent: %s",

@@ -108,3 +108,23 @@ func TestLVMNaming(t *testing.T) {
 		t.Errorf("FirstLVMDatastore = %d", got)
 	}
 }
+
+func TestBackupImagesMB(t *testing.T) {
+	pool := `<IMAGE_POOL>
+<IMAGE><ID>1</ID><TYPE>6</TYPE><DATASTORE_ID>100</DATASTORE_ID><SIZE>2048</SIZE></IMAGE>
+<IMAGE><ID>2</ID><TYPE>6</TYPE><DATASTORE_ID>100</DATASTORE_ID><SIZE>10</SIZE></IMAGE>
+<IMAGE><ID>3</ID><TYPE>0</TYPE><DATASTORE_ID>100</DATASTORE_ID><SIZE>5000</SIZE></IMAGE>
+<IMAGE><ID>4</ID><TYPE>6</TYPE><DATASTORE_ID>101</DATASTORE_ID><SIZE>7000</SIZE></IMAGE>
+</IMAGE_POOL>`
+	if got, err := BackupImagesMB([]byte(pool), 100); err != nil || got != 2058 {
+		t.Errorf("got %d %v, want 2058", got, err)
+	}
+	if got, err := BackupImagesMB([]byte("<IMAGE_POOL/>"), 100); err != nil || got != 0 {
+		t.Errorf("empty pool: %d %v", got, err)
+	}
+	for _, bad := range []string{"<IMAGE/>", `<IMAGE_POOL><IMAGE><TYPE>6</TYPE><DATASTORE_ID>100</DATASTORE_ID><SIZE>x</SIZE></IMAGE></IMAGE_POOL>`} {
+		if _, err := BackupImagesMB([]byte(bad), 100); err == nil {
+			t.Errorf("%s accepted", bad)
+		}
+	}
+}

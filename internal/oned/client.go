@@ -324,6 +324,20 @@ func (c *Client) DatastoreInfo(ctx context.Context, id int) (*one.Datastore, err
 	return msg.Datastore()
 }
 
+// ImagePoolInfo is one.imagepool.info(-2, -1, -1): every image the user may see, as the
+// IMAGE_POOL document.
+func (c *Client) ImagePoolInfo(ctx context.Context) ([]byte, error) {
+	v, err := c.Call(ctx, "one.imagepool.info", -2, -1, -1)
+	if err != nil {
+		return nil, err
+	}
+	s, ok := v.(string)
+	if !ok {
+		return nil, fmt.Errorf("one.imagepool.info: oned returned %T, want the image pool XML", v)
+	}
+	return []byte(s), nil
+}
+
 // ImageAllocate is one.image.allocate(template, dsID, no_check_capacity=false); it returns the
 // new image's id.
 func (c *Client) ImageAllocate(ctx context.Context, template string, dsID int) (int, error) {

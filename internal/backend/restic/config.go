@@ -1,5 +1,5 @@
 // Package restic is the restic backup datastore: one restic repository per VM (or per backup
-// job) on an SFTP server, written by restic running on the VM host.
+// job) on an SFTP server or in an S3 bucket, written by restic running on the VM host.
 package restic
 
 import (
@@ -19,10 +19,11 @@ type Config struct {
 	DSID           int
 	BasePath       string
 	Password       string
-	Server, User   string // SFTP repository host
-	BWLimit        string // KiB/s, "" = unlimited
-	MaxProc        int    // GOMAXPROCS, -1 = restic's default
-	Compression    string // "" = restic's default (auto)
+	S3             *S3Config // nil: the SFTP backend
+	Server, User   string    // SFTP repository host
+	BWLimit        string    // KiB/s, "" = unlimited
+	MaxProc        int       // GOMAXPROCS, -1 = restic's default
+	Compression    string    // "" = restic's default (auto)
 	Connections    int
 	PruneMaxRepack string
 	PruneMaxUnused string
@@ -54,28 +55,30 @@ func parseConfig(ds *one.Datastore) (*Config, error) {
 	if c.BasePath, err = ds.BasePath(); err != nil {
 		return nil, err
 	}
-	switch b := strings.ToUpper(ds.Attr("RESTIC_BACKEND")); b {
-	case "", "SFTP":
-	case "S3":
-		return nil, fmt.Errorf("RESTIC_BACKEND=S3 is not supported by this driver yet; use SFTP")
-	default:
-		return nil, fmt.Errorf("unknown RESTIC_BACKEND %q (expected SFTP or S3)", ds.Attr("RESTIC_BACKEND"))
-	}
 	if c.Password = password(ds.RawAttr("RESTIC_PASSWORD")); c.Password == "" {
 		return nil, fmt.Errorf("RESTIC_PASSWORD is not set")
 	}
 	one.RegisterSecret(c.Password)
-	if c.Server = ds.Attr("RESTIC_SFTP_SERVER"); c.Server == "" {
-		return nil, fmt.Errorf("RESTIC_SFTP_SERVER is not set")
-	}
-	if err := validate.Host("RESTIC_SFTP_SERVER", c.Server); err != nil {
-		return nil, err
-	}
-	if c.User = ds.Attr("RESTIC_SFTP_USER"); c.User == "" {
-		c.User = "oneadmin"
-	}
-	if err := validate.User("RESTIC_SFTP_USER", c.User); err != nil {
-		return nil, err
+	switch b := strings.ToUpper(ds.Attr("RESTIC_BACKEND")); b {
+	case "", "SFTP":
+		if c.Server = ds.Attr("RESTIC_SFTP_SERVER"); c.Server == "" {
+			return nil, fmt.Errorf("RESTIC_SFTP_SERVER is not set")
+		}
+		if err := validate.Host("RESTIC_SFTP_SERVER", c.Server); err != nil {
+			return nil, err
+		}
+		if c.User = ds.Attr("RESTIC_SFTP_USER"); c.User == "" {
+			c.User = "oneadmin"
+		}
+		if err := validate.User("RESTIC_SFTP_USER", c.User); err != nil {
+			return nil, err
+		}
+	case "S3":
+		if c.S3, err = parseS3(ds); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("unknown RESTIC_BACKEND %q (expected SFTP or S3)", ds.Attr("RESTIC_BACKEND"))
 	}
 	if v := ds.Attr("RESTIC_BWLIMIT"); v != "" {
 		if _, err := strconv.ParseUint(v, 10, 32); err != nil {
@@ -144,23 +147,36 @@ func password(v string) string {
 	return v
 }
 
-// Repo is the SFTP address of a location's repository: one per VM, or per backup job.
-func (c *Config) Repo(loc backend.Location) string {
-	p := c.BasePath
+// repoID names a location's repository: one per backup job (job_<id>), else one per VM; ""
+// for the datastore as a whole.
+func repoID(loc backend.Location) string {
 	switch {
 	case loc.JobID != "":
-		p = path.Join(p, "job_"+loc.JobID)
+		return "job_" + loc.JobID
 	case loc.VMID >= 0:
-		p = path.Join(p, strconv.Itoa(loc.VMID))
+		return strconv.Itoa(loc.VMID)
 	}
-	return fmt.Sprintf("sftp:%s@%s:%s", c.User, c.Server, p)
+	return ""
 }
 
-// Env is the environment every restic run gets.
+// Repo is the restic address of a location's repository: under BASE_PATH on the SFTP server,
+// or under the bucket in S3 (where OpenNebula puts them, so that either reads the other's).
+func (c *Config) Repo(loc backend.Location) string {
+	if c.S3 != nil {
+		return c.S3.repo(repoID(loc))
+	}
+	return fmt.Sprintf("sftp:%s@%s:%s", c.User, c.Server, path.Join(c.BasePath, repoID(loc)))
+}
+
+// Env is the environment every restic run gets; it carries the secrets (the repository
+// password, S3 keys), which never go on a command line.
 func (c *Config) Env() map[string]string {
 	env := map[string]string{"RESTIC_PASSWORD": c.Password}
 	if c.MaxProc > 0 {
 		env["GOMAXPROCS"] = strconv.Itoa(c.MaxProc)
+	}
+	if c.S3 != nil {
+		c.S3.env(env)
 	}
 	return env
 }
@@ -171,7 +187,10 @@ func (c *Config) Args(repo, sub string, args ...string) []string {
 	if c.BWLimit != "" {
 		out = append(out, "--limit-upload="+c.BWLimit, "--limit-download="+c.BWLimit)
 	}
-	if c.Connections != 5 {
+	switch {
+	case c.S3 != nil:
+		out = append(out, c.S3.flags()...)
+	case c.Connections != 5:
 		out = append(out, "--option=sftp.connections="+strconv.Itoa(c.Connections))
 	}
 	if c.Compression != "" {

@@ -18,6 +18,7 @@ import (
 	"onebackup/internal/backend"
 	"onebackup/internal/lockfile"
 	"onebackup/internal/one"
+	"onebackup/internal/oned"
 	"onebackup/internal/remote"
 )
 
@@ -38,6 +39,22 @@ type Store struct {
 
 	versionOnce sync.Once
 	minor       int // restic 0.<minor> on the frontend; 0 when unknown
+
+	s3Once sync.Once
+	s3Err  error // what the S3 endpoint check found (nil: usable)
+}
+
+// ready checks, once per run, that the S3 endpoint can be used (nothing to check for SFTP,
+// whose failures restic reports at once).
+func (s *Store) ready(ctx context.Context) error {
+	if s.cfg.S3 == nil {
+		return nil
+	}
+	s.s3Once.Do(func() {
+		s.rt.Planf("check S3 endpoint %s and bucket %s", s.cfg.S3.server(), s.cfg.S3.Bucket)
+		s.s3Err = s.cfg.S3.check(ctx)
+	})
+	return s.s3Err
 }
 
 // Open validates the datastore's attributes.
@@ -130,6 +147,9 @@ func (e *missingRepoError) Unwrap() error { return e.err }
 // frontend, so that the first backups of several VMs of one backup job do not race.
 func (s *Store) EnsureRepo(ctx context.Context, loc backend.Location) error {
 	repo := s.cfg.Repo(loc)
+	if err := s.ready(ctx); err != nil {
+		return err
+	}
 	unlock, err := lockFile(ctx, fmt.Sprintf("restic-init-%d.lock", s.cfg.DSID))
 	if err != nil {
 		return err
@@ -179,6 +199,9 @@ func (sn snapshot) short() string {
 
 // snapshots lists every snapshot of a location's repository, oldest first.
 func (s *Store) snapshots(ctx context.Context, loc backend.Location) ([]snapshot, error) {
+	if err := s.ready(ctx); err != nil {
+		return nil, err
+	}
 	res, err := s.run(ctx, loc, false, "snapshots", "--no-lock", "--json")
 	if repoMissing(err) {
 		return nil, &missingRepoError{repo: s.cfg.Repo(loc), err: err}
@@ -274,7 +297,25 @@ func (s *Store) Remove(ctx context.Context, loc backend.Location, snaps []string
 	return nil
 }
 
-// Usage implements backend.Store: the filesystem holding BASE_PATH on the SFTP server.
+// Usage implements backend.Store: the filesystem holding BASE_PATH on the SFTP server. S3 has
+// no capacity to ask: used is what oned records for the datastore's backup images, total is
+// TOTAL_MB (1 TiB when unset).
 func (s *Store) Usage(ctx context.Context) (backend.Usage, error) {
-	return backend.DiskUsage(ctx, s.rt, remote.Target{Host: s.cfg.Server, User: s.cfg.User}, s.cfg.BasePath)
+	if s.cfg.S3 == nil {
+		return backend.DiskUsage(ctx, s.rt, remote.Target{Host: s.cfg.Server, User: s.cfg.User}, s.cfg.BasePath)
+	}
+	s.rt.Planf("ask oned (one.imagepool.info) for the backup images of datastore %d", s.cfg.DSID)
+	client, err := oned.New()
+	if err != nil {
+		return backend.Usage{}, fmt.Errorf("cannot reach oned for the backup images of datastore %d: %w", s.cfg.DSID, err)
+	}
+	pool, err := client.ImagePoolInfo(ctx)
+	if err != nil {
+		return backend.Usage{}, fmt.Errorf("cannot list the backup images of datastore %d: %w", s.cfg.DSID, err)
+	}
+	used, err := one.BackupImagesMB(pool, s.cfg.DSID)
+	if err != nil {
+		return backend.Usage{}, err
+	}
+	return backend.Usage{UsedMB: used, TotalMB: s.cfg.S3.TotalMB, FreeMB: max(s.cfg.S3.TotalMB-used, 0)}, nil
 }

@@ -25,7 +25,8 @@ type message struct {
 
 // PrepareUpload implements backend.Store: make sure the repository exists (from the frontend),
 // then run `restic backup` of the staged files on the VM host, reaching the SFTP server with the
-// frontend's forwarded ssh agent (or the host's own key, RESTIC_FORWARD_AGENT=NO).
+// frontend's forwarded ssh agent (or the host's own key, RESTIC_FORWARD_AGENT=NO), or S3
+// directly with the datastore's keys (in the environment the far-side agent gets on stdin).
 func (s *Store) PrepareUpload(ctx context.Context, b *backend.Backup) (*backend.Upload, error) {
 	loc := b.Location()
 	if err := s.EnsureRepo(ctx, loc); err != nil {
@@ -44,14 +45,14 @@ func (s *Store) PrepareUpload(ctx context.Context, b *backend.Backup) (*backend.
 		names = append(names, k)
 	}
 	c.Argv = s.cfg.Confine.Wrap(c.Argv, b.Staging, names)
-	c.ForwardAgent = s.cfg.ForwardAgent
+	c.ForwardAgent = s.forwardAgent()
 	if s.cfg.Confine.String() != "none" {
 		s.rt.Log.Infof("upload confined: %s", s.cfg.Confine)
 	}
 
 	var summary *message
 	var lastError string
-	up := &backend.Upload{Cmd: c, Server: s.cfg.Server}
+	up := &backend.Upload{Cmd: c, Server: s.server(), SSH: s.cfg.S3 == nil}
 	up.OnLine = func(line []byte) {
 		var m message
 		if json.Unmarshal(line, &m) != nil {
@@ -76,11 +77,23 @@ func (s *Store) PrepareUpload(ctx context.Context, b *backend.Backup) (*backend.
 		// restic removes its own lock when stopped; unlock clears one left by a killed restic
 		// (stale locks are recognised on the host that took them).
 		unlock := s.cmd(ctx, b.VMHost, repo, "unlock")
-		unlock.ForwardAgent = s.cfg.ForwardAgent
+		unlock.ForwardAgent = s.forwardAgent()
 		if _, err := s.rt.Run(ctx, unlock, true); err != nil {
 			return fmt.Errorf("cannot remove stale locks of %s: %w", repo, err)
 		}
 		return nil
 	}
 	return up, nil
+}
+
+// forwardAgent: uploads to an SFTP server log in with the frontend's forwarded agent unless
+// RESTIC_FORWARD_AGENT=NO; S3 needs no ssh from the VM host.
+func (s *Store) forwardAgent() bool { return s.cfg.S3 == nil && s.cfg.ForwardAgent }
+
+// server names where the repositories are, for messages.
+func (s *Store) server() string {
+	if s.cfg.S3 != nil {
+		return s.cfg.S3.server()
+	}
+	return s.cfg.Server
 }

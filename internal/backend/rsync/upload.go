@@ -54,7 +54,7 @@ func (s *Store) PrepareUpload(ctx context.Context, b *backend.Backup) (*backend.
 	}
 	s.rt.Log.Infof("backup %s of VM %d goes to %s:%s", id, b.Args.VMID, s.target(), dest)
 
-	up := &backend.Upload{Cmd: c, Server: s.target().Host}
+	up := &backend.Upload{Cmd: c, Server: s.target().Host, SSH: true}
 	// rsync's own output (with -v, --progress, --out-format…) is informational only: the result
 	// does not depend on it.
 	up.OnLine = func(line []byte) {
