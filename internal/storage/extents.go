@@ -29,6 +29,10 @@ type Source struct {
 	Format, Filename string
 	Size             int64 // virtual size in bytes
 	Extents          []Extent
+	// Whole says the data extents are all the data the source holds (a full): the writer then
+	// copies the source in one sequential pass, several times faster than range by range (see
+	// the README's benchmark), and marks the zero extents afterwards.
+	Whole bool
 }
 
 // maxRequest bounds one qemu-io request (its buffer is allocated whole).
@@ -43,6 +47,9 @@ func WriteQcow2(ctx context.Context, src Source, target string) (err error) {
 			os.Remove(target)
 		}
 	}()
+	if src.Whole {
+		return writeWhole(ctx, src, target)
+	}
 	// The source becomes the target's backing file while it is filled: reading a range
 	// through a copy-on-read open copies it in; zero ranges are written as zero clusters.
 	if _, err := hostjob.Run(ctx, nil, "qemu-img", "create", "-q", "-f", "qcow2", "-F", src.Format, "-b", src.Filename, target, fmt.Sprint(src.Size)); err != nil {
@@ -70,4 +77,36 @@ func WriteQcow2(ctx context.Context, src Source, target string) (err error) {
 	// The backing reference is meaningless once the data is in: drop it.
 	_, err = hostjob.Run(ctx, nil, "qemu-img", "rebase", "-q", "-u", "-b", "", target)
 	return err
+}
+
+// writeWhole copies a full with qemu-img convert (allocated data only, several requests in
+// flight), then writes the zero extents as zero clusters. With zero extents the copy keeps
+// zero-filled data clusters as data (-S 0): left unallocated they would read through to the
+// previous increment once the chain is rebuilt.
+func writeWhole(ctx context.Context, src Source, target string) error {
+	var zeros strings.Builder
+	for _, e := range src.Extents {
+		if e.Zero {
+			fmt.Fprintf(&zeros, "write -q -z %d %d\n", e.Offset, e.Length)
+		}
+	}
+	argv := []string{"qemu-img", "convert", "-q", "-f", src.Format, "-O", "qcow2"}
+	if zeros.Len() > 0 {
+		argv = append(argv, "-S", "0")
+	}
+	if _, err := hostjob.Run(ctx, nil, append(argv, src.Filename, target)...); err != nil {
+		return err
+	}
+	if zeros.Len() == 0 {
+		return nil
+	}
+	script := "open -o driver=qcow2 " + target + "\n" + zeros.String() + "quit\n"
+	out, err := hostjob.Run(ctx, []byte(script), "qemu-io")
+	if err != nil {
+		return err
+	}
+	if s := strings.TrimSpace(string(out)); strings.Contains(strings.ToLower(s), "error") {
+		return fmt.Errorf("qemu-io marking zeros in %s: %s", target, s)
+	}
+	return nil
 }

@@ -91,7 +91,7 @@ func fullFromImage(ctx context.Context, path string, info *imageInfo, target str
 	if err != nil {
 		return err
 	}
-	return storage.WriteQcow2(ctx, storage.Source{Format: info.Format, Filename: abs, Size: info.VirtualSize, Extents: ext}, target)
+	return storage.WriteQcow2(ctx, storage.Source{Format: info.Format, Filename: abs, Size: info.VirtualSize, Extents: ext, Whole: true}, target)
 }
 
 // pullIncrement copies the clusters marked in bitmap parent into a new qcow2: qemu-nbd exports
