@@ -39,17 +39,7 @@ func TestWriteQcow2(t *testing.T) {
 	if err := WriteQcow2(context.Background(), Source{Format: "raw", Filename: src, Size: size, Extents: extents}, target); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command("qemu-img", "map", "--output=json", "-f", "qcow2", target).Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var m []struct {
-		Start, Length       int64
-		Present, Data, Zero bool
-	}
-	if err := json.Unmarshal(out, &m); err != nil {
-		t.Fatal(err)
-	}
+	m := allocation(t, target)
 	type span struct {
 		start, end int64
 		data, zero bool
@@ -128,15 +118,7 @@ func TestWriteQcow2Whole(t *testing.T) {
 	if err := WriteQcow2(context.Background(), Source{Format: "raw", Filename: src, Size: int64(len(data)), Extents: ext, Whole: true}, target); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command("qemu-img", "map", "--output=json", "-f", "qcow2", target).Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var m []struct {
-		Start, Length       int64
-		Present, Data, Zero bool
-	}
-	json.Unmarshal(out, &m)
+	m := allocation(t, target)
 	for _, e := range m {
 		inZero := e.Start >= 1<<20 && e.Start+e.Length <= 1<<20+128<<10
 		switch {
@@ -155,4 +137,24 @@ func TestWriteQcow2Whole(t *testing.T) {
 	if !bytes.Equal(back, data) {
 		t.Error("the whole full does not read as the source with the zero extent zeroed")
 	}
+}
+
+// mapEntry is a range of `qemu-img map --output=json`.
+type mapEntry struct {
+	Start, Length       int64
+	Present, Data, Zero bool
+}
+
+// allocation is the allocation map of a qcow2 image.
+func allocation(t *testing.T, image string) []mapEntry {
+	t.Helper()
+	out, err := exec.Command("qemu-img", "map", "--output=json", "-f", "qcow2", image).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m []mapEntry
+	if err := json.Unmarshal(out, &m); err != nil {
+		t.Fatal(err)
+	}
+	return m
 }
