@@ -16,7 +16,7 @@ import (
 // credentials the drivers read; it returns the environment for a driver run.
 func onedWithDatastores(t testing.TB, datastores map[int]string) []string {
 	t.Helper()
-	srv := onedtest.New(func(c onedtest.Call) onedtest.Reply {
+	return onedServing(t, func(c onedtest.Call) onedtest.Reply {
 		if c.Method == "one.datastore.info" {
 			if ds, ok := datastores[c.Int(1)]; ok {
 				return onedtest.OK(ds)
@@ -25,6 +25,13 @@ func onedWithDatastores(t testing.TB, datastores map[int]string) []string {
 		}
 		return onedtest.Fail("unexpected call " + c.Method)
 	})
+}
+
+// onedServing starts an oned answering with handle and writes the credentials the drivers read;
+// it returns the environment for a driver run.
+func onedServing(t testing.TB, handle func(onedtest.Call) onedtest.Reply) []string {
+	t.Helper()
+	srv := onedtest.New(handle)
 	t.Cleanup(srv.Close)
 	f, err := os.CreateTemp("/var/lib/one", "test-one_auth-")
 	if err != nil {

@@ -3,8 +3,6 @@ package test
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -140,9 +138,7 @@ func (c *container) state() string {
 // writeMarker has the container write a random marker into /marker and flush it.
 func (c *container) writeMarker(t *testing.T) {
 	t.Helper()
-	b := make([]byte, 16)
-	rand.Read(b)
-	c.marker = hex.EncodeToString(b)
+	c.marker = randomHex(16)
 	run(t, "lxc-attach", "-n", c.vm.name, "--", "/bin/sh", "-c", "echo "+c.marker+" > /marker && sync")
 }
 

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"onebackup/internal/one"
 	"onebackup/internal/oned/onedtest"
 )
 
@@ -37,32 +38,16 @@ type s3Server struct {
 }
 
 var (
-	s3Once    sync.Once
-	s3List    []*s3Server
-	s3Err     error
-	s3Run     = randomHex(4) // this process's prefix in the buckets
-	s3Stopped bool
+	s3Once sync.Once
+	s3List []*s3Server
+	s3Err  error
+	s3Run  = randomHex(4) // this process's prefix in the buckets
 )
 
 func randomHex(n int) string {
 	b := make([]byte, n)
 	rand.Read(b)
 	return hex.EncodeToString(b)
-}
-
-// readEnvFile reads KEY=VALUE lines.
-func readEnvFile(path string) (map[string]string, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]string{}
-	for _, line := range strings.Split(string(data), "\n") {
-		if k, v, ok := strings.Cut(strings.TrimSpace(line), "="); ok && !strings.HasPrefix(k, "#") {
-			out[k] = v
-		}
-	}
-	return out, nil
 }
 
 const (
@@ -94,11 +79,11 @@ func startS3() ([]*s3Server, error) {
 		}
 	}
 	afterTests = append(afterTests, stopS3)
-	ceph, err := readEnvFile(filepath.Join(cephState, "env"))
+	ceph, err := one.LoadConf(filepath.Join(cephState, "env"))
 	if err != nil {
 		return nil, err
 	}
-	vgw, err := readEnvFile(filepath.Join(s3State, "env"))
+	vgw, err := one.LoadConf(filepath.Join(s3State, "env"))
 	if err != nil {
 		return nil, err
 	}
@@ -200,15 +185,12 @@ func (s *s3Server) ds(id int, extra dsAttrs) string {
 // onedImagePool serves one.imagepool.info with the given pool (for S3 monitor).
 func onedImagePool(t *testing.T, pool string) []string {
 	t.Helper()
-	srv := onedtest.New(func(c onedtest.Call) onedtest.Reply {
+	return onedServing(t, func(c onedtest.Call) onedtest.Reply {
 		if c.Method == "one.imagepool.info" {
 			return onedtest.OK(pool)
 		}
 		return onedtest.Fail("unexpected call " + c.Method)
 	})
-	t.Cleanup(srv.Close)
-	env := onedWithDatastores(t, nil)
-	return append(env[1:], "ONE_XMLRPC="+srv.URL)
 }
 
 // TestResticS3 runs every action of the restic datastore against each S3 server with the checks

@@ -8,8 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
-	"sync"
 
 	"onebackup/internal/hostjob"
 	"onebackup/internal/matrix"
@@ -47,39 +45,21 @@ func AtQuiescedPoint(ctx context.Context, hv Hypervisor, j *hostjob.Job, fix fun
 	return err
 }
 
-var (
-	mu  sync.Mutex
-	all = map[matrix.Hypervisor]func() Hypervisor{}
-)
+var sides hostjob.Registry[matrix.Hypervisor, Hypervisor]
 
 // Register makes a hypervisor side available (called from its package's init).
-func Register(name matrix.Hypervisor, f func() Hypervisor) {
-	mu.Lock()
-	defer mu.Unlock()
-	all[name] = f
-}
+func Register(name matrix.Hypervisor, f func() Hypervisor) { sides.Register(name, f) }
 
 // Registered lists the hypervisor sides built into this binary.
-func Registered() []matrix.Hypervisor {
-	mu.Lock()
-	defer mu.Unlock()
-	var out []matrix.Hypervisor
-	for n := range all {
-		out = append(out, n)
-	}
-	sort.Slice(out, func(i, k int) bool { return out[i] < out[k] })
-	return out
-}
+func Registered() []matrix.Hypervisor { return sides.Names() }
 
 // Get returns the hypervisor side of a row.
 func Get(name matrix.Hypervisor) (Hypervisor, error) {
-	mu.Lock()
-	defer mu.Unlock()
-	f, ok := all[name]
+	hv, ok := sides.New(name)
 	if !ok {
 		return nil, fmt.Errorf("the %s hypervisor side is not built into this host binary", name)
 	}
-	return f(), nil
+	return hv, nil
 }
 
 // ImageHolder is a hypervisor whose VM process keeps file disk images open (QEMU): while the VM

@@ -8,8 +8,6 @@ package storage
 import (
 	"context"
 	"fmt"
-	"sort"
-	"sync"
 
 	"onebackup/internal/hostjob"
 	"onebackup/internal/hypervisor"
@@ -34,37 +32,19 @@ type Storage interface {
 	Finish(ctx context.Context, j *hostjob.Job, hv hypervisor.Hypervisor) error
 }
 
-var (
-	mu  sync.Mutex
-	all = map[matrix.Side]func() Storage{}
-)
+var sides hostjob.Registry[matrix.Side, Storage]
 
 // Register makes a storage side available (called from its package's init).
-func Register(side matrix.Side, f func() Storage) {
-	mu.Lock()
-	defer mu.Unlock()
-	all[side] = f
-}
+func Register(side matrix.Side, f func() Storage) { sides.Register(side, f) }
 
 // Registered lists the storage sides built into this binary.
-func Registered() []matrix.Side {
-	mu.Lock()
-	defer mu.Unlock()
-	var out []matrix.Side
-	for n := range all {
-		out = append(out, n)
-	}
-	sort.Slice(out, func(i, k int) bool { return out[i] < out[k] })
-	return out
-}
+func Registered() []matrix.Side { return sides.Names() }
 
 // Get returns a storage side.
 func Get(side matrix.Side) (Storage, error) {
-	mu.Lock()
-	defer mu.Unlock()
-	f, ok := all[side]
+	st, ok := sides.New(side)
 	if !ok {
 		return nil, fmt.Errorf("the %s storage side is not built into this host binary", side)
 	}
-	return f(), nil
+	return st, nil
 }
