@@ -3,7 +3,10 @@ GO        ?= go
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X onebackup/internal/cli.Version=$(VERSION)
 BIN       := bin/onebackup
-# The hypervisor-side binary links libvirt (cgo, needs libvirt-dev): built by build-host only.
+# The hypervisor-side binary links libvirt and librbd (cgo, needs libvirt-dev and librbd-dev):
+# built by build-host only. go-ceph is built for the Ceph release Debian 12 ships (Pacific):
+# without the tag it calls librbd functions that release does not have.
+GOTAGS    := pacific
 HOST_BIN  := bin/onebackup-host
 HOST_LDFLAGS := -s -w -X onebackup/internal/hostcli.Version=$(VERSION)
 TM_ACTIONS := prebackup prebackup_live postbackup postbackup_live
@@ -22,13 +25,13 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/onebackup
 
 build-host:
-	CGO_ENABLED=1 $(GO) build -trimpath -ldflags '$(HOST_LDFLAGS)' -o $(HOST_BIN) ./cmd/onebackup-host
+	CGO_ENABLED=1 $(GO) build -tags $(GOTAGS) -trimpath -ldflags '$(HOST_LDFLAGS)' -o $(HOST_BIN) ./cmd/onebackup-host
 
 # Everything the tests need (packages, restic 0.18.1, the oneadmin user) is installed by the script.
 deps:
 	test/harness/setup-deps.sh
 
-# libvirt, QEMU and libvirt-dev for the host binary and the KVM tests.
+# libvirt, QEMU (with its rbd driver), libvirt-dev and librbd-dev for the host binary and the KVM tests.
 deps-kvm:
 	test/harness/setup-kvm.sh
 
@@ -47,7 +50,7 @@ unit:
 	$(GO) test $$($(GO) list -f '{{.ImportPath}} {{join .Deps " "}}' ./internal/... ./cmd/... | awk '!/libvirt\.org|github\.com\/ceph/ {print $$1}')
 
 test: deps deps-kvm deps-lxc deps-s3 build build-host
-	$(GO) test -count=1 -timeout 40m ./...
+	$(GO) test -tags $(GOTAGS) -count=1 -timeout 40m ./...
 
 demo: deps build
 	test/demo.sh

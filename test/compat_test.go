@@ -126,6 +126,20 @@ func TestCompatLegacyRBDChains(t *testing.T) {
 // checkBundle verifies a tar.gz holds exactly the pieces, by base name.
 func checkBundle(t *testing.T, file string, pieces map[string][]byte) {
 	t.Helper()
+	got := readTarGz(t, file)
+	for name, data := range got {
+		if want, ok := pieces[name]; !ok || string(want) != string(data) {
+			t.Errorf("bundle entry %s does not match the stored piece", name)
+		}
+	}
+	if len(got) != len(pieces) {
+		t.Errorf("bundle holds %d entries, want %d", len(got), len(pieces))
+	}
+}
+
+// readTarGz reads the regular files of a tar.gz, by name.
+func readTarGz(t *testing.T, file string) map[string][]byte {
+	t.Helper()
 	f, err := os.Open(file)
 	if err != nil {
 		t.Fatal(err)
@@ -136,22 +150,22 @@ func checkBundle(t *testing.T, file string, pieces map[string][]byte) {
 		t.Fatalf("not a gzip stream: %v", err)
 	}
 	tr := tar.NewReader(gz)
-	seen := 0
+	out := map[string][]byte{}
 	for {
 		hd, err := tr.Next()
 		if err == io.EOF {
-			break
+			return out
 		}
 		if err != nil {
 			t.Fatal(err)
 		}
-		data, _ := io.ReadAll(tr)
-		if want, ok := pieces[hd.Name]; !ok || string(want) != string(data) {
-			t.Errorf("bundle entry %s does not match the stored piece", hd.Name)
+		if hd.Typeflag == tar.TypeDir {
+			continue
 		}
-		seen++
-	}
-	if seen != len(pieces) {
-		t.Errorf("bundle holds %d entries, want %d", seen, len(pieces))
+		data, err := io.ReadAll(tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[hd.Name] = data
 	}
 }

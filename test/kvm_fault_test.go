@@ -115,7 +115,11 @@ func TestKVMFileCBTLoss(t *testing.T) {
 
 // startTM starts a TM action in the background.
 func startTM(t *testing.T, env *kvmEnv, action string, vm *testVM, c bcfg, holdPhase string) (*exec.Cmd, *bytes.Buffer) {
-	cmd := env.tmCmd(t, "qcow2", action, vm.tmArgs(c.disks), vm.xml(c))
+	mad := c.tmMad
+	if mad == "" {
+		mad = "qcow2"
+	}
+	cmd := env.tmCmd(t, mad, action, vm.tmArgs(c.disks), vm.xml(c), vm.env2...)
 	if holdPhase != "" {
 		cmd.Env = append(cmd.Env, "ONEBACKUP_TEST_HOLD="+holdPhase)
 	}

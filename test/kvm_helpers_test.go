@@ -30,6 +30,10 @@ type kvmEnv struct {
 
 const hostBinPath = "/var/tmp/one/tm/onebackup-host"
 
+// testTags builds the binaries under test: with the test hook (hostjob.Hold) and for the Ceph
+// release of Debian 12 (go-ceph's pacific tag, as the Makefile builds).
+const testTags = "testhooks,pacific"
+
 func needKVM(t *testing.T) *kvmEnv {
 	t.Helper()
 	kvmOnce.Do(func() { kvmEnvV, kvmErr = setupKVM() })
@@ -44,7 +48,7 @@ func setupKVM() (*kvmEnv, error) {
 	steps := [][]string{
 		{filepath.Join(h.repo, "test/harness/setup-kvm.sh")},
 		{filepath.Join(h.repo, "test/harness/libvirt.sh"), "start"},
-		{"go", "build", "-tags", "testhooks", "-o", filepath.Join(h.repo, "bin/onebackup-host"), "./cmd/onebackup-host"},
+		{"go", "build", "-tags", testTags, "-o", filepath.Join(h.repo, "bin/onebackup-host"), "./cmd/onebackup-host"},
 		{"install", "-d", "-o", "oneadmin", "-g", "oneadmin", "/var/tmp/one/tm"},
 		{"install", "-o", "oneadmin", "-g", "oneadmin", "-m", "0755", filepath.Join(h.repo, "bin/onebackup-host"), hostBinPath},
 		{"install", "-d", "-o", "oneadmin", "-g", "oneadmin", "/var/lib/one/datastores", "/var/lib/one/datastores/0", "/var/lib/one/datastores/1"},
@@ -69,7 +73,7 @@ func setupKVM() (*kvmEnv, error) {
 	out, _ := exec.Command(filepath.Join(h.repo, "bin/onebackup"), "tm").CombinedOutput()
 	if strings.Contains(string(out), "unknown command") {
 		env.tmBin = filepath.Join(h.state, "onebackup-tm")
-		cmd := exec.Command("go", "build", "-tags", "testhooks", "-o", env.tmBin, "./internal/tm/tmmain")
+		cmd := exec.Command("go", "build", "-tags", testTags, "-o", env.tmBin, "./internal/tm/tmmain")
 		cmd.Dir = h.repo
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
@@ -118,6 +122,7 @@ type tdisk struct {
 	format   string // qcow2 (an overlay on an image, as OpenNebula's qcow2 driver lays it out) or raw
 	sizeMiB  int
 	shadow   string // raw file receiving the same writes: the expected content
+	rbd      string // an RBD image in pool one (ceph system datastore) instead of a file
 }
 
 func (d tdisk) target() string { return "vd" + string(rune('a'+d.id)) }
@@ -184,7 +189,11 @@ func newVM(t *testing.T, env *kvmEnv, id int, disks ...*tdisk) *testVM {
 		size := fmt.Sprintf("%dM", d.sizeMiB)
 		d.shadow = filepath.Join(vm.tmp, fmt.Sprintf("shadow.%d", d.id))
 		run(t, "qemu-img", "create", "-q", "-f", "raw", d.shadow, size)
-		if d.format == "raw" {
+		if d.rbd != "" {
+			ceph.newImage(t, d.rbd, d.sizeMiB)
+			run(t, "runuser", "-u", "oneadmin", "--", "qemu-io", "-f", "raw", "-c", "write -P 0x5c 1M 2M", ceph.qemu(d.rbd))
+			run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x5c 1M 2M", d.shadow)
+		} else if d.format == "raw" {
 			run(t, "qemu-img", "create", "-q", "-f", "raw", p, size)
 		} else if d.plain {
 			run(t, "qemu-img", "create", "-q", "-f", "qcow2", p, size)
@@ -223,6 +232,11 @@ func (vm *testVM) start(t testing.TB) {
 	t.Helper()
 	var disks strings.Builder
 	for _, d := range vm.disks {
+		if d.rbd != "" { // as OpenNebula's KVM driver writes a Ceph disk
+			fmt.Fprintf(&disks, "<disk type='network' device='disk'><driver name='qemu' type='raw' cache='none'/><source protocol='rbd' name='%s/%s'><config file='%s'/></source><auth username='%s'><secret type='ceph' uuid='%s'/></auth><target dev='%s' bus='virtio'/></disk>",
+				ceph.pool, d.rbd, ceph.conf, ceph.user, cephSecretUUID, d.target())
+			continue
+		}
 		fmt.Fprintf(&disks, "<disk type='file' device='disk'><driver name='qemu' type='%s'/><source file='%s/disk.%d'/><target dev='%s' bus='virtio'/></disk>",
 			d.format, vm.dir, d.id, d.target())
 	}
@@ -277,6 +291,8 @@ func (vm *testVM) write(t testing.TB, diskID, pattern int, off, length int64) {
 		if strings.Contains(out, "rror") {
 			t.Fatalf("qemu-io in the VM: %s", out)
 		}
+	} else if d.rbd != "" {
+		run(t, "runuser", "-u", "oneadmin", "--", "qemu-io", "-f", "raw", "-c", op, ceph.qemu(d.rbd))
 	} else {
 		run(t, "runuser", "-u", "oneadmin", "--", "qemu-io", "-f", d.format, "-c", op, filepath.Join(vm.dir, fmt.Sprintf("disk.%d", diskID)))
 	}
@@ -343,6 +359,11 @@ func (vm *testVM) xml(c bcfg) []byte {
 	}
 	var disks strings.Builder
 	for _, d := range vm.disks {
+		if d.rbd != "" { // a persistent Ceph image: SOURCE is pool/image
+			fmt.Fprintf(&disks, "<DISK><DISK_ID>%d</DISK_ID><TARGET>%s</TARGET><FORMAT>raw</FORMAT><SIZE>%d</SIZE><TYPE>RBD</TYPE><DISK_TYPE>RBD</DISK_TYPE><TM_MAD>ceph</TM_MAD><SOURCE>%s/%s</SOURCE><POOL_NAME>%s</POOL_NAME><PERSISTENT>YES</PERSISTENT><CLONE>NO</CLONE><CEPH_USER>%s</CEPH_USER><CEPH_CONF>%s</CEPH_CONF><CEPH_KEY>%s</CEPH_KEY></DISK>",
+				d.id, d.target(), d.sizeMiB, ceph.pool, d.rbd, ceph.pool, ceph.user, ceph.conf, ceph.keyfile)
+			continue
+		}
 		if d.volatile { // as oned writes a volatile disk: no image, no TM_MAD of its own
 			fmt.Fprintf(&disks, "<DISK><DISK_ID>%d</DISK_ID><TARGET>%s</TARGET><FORMAT>%s</FORMAT><SIZE>%d</SIZE><TYPE>fs</TYPE><DISK_TYPE>FILE</DISK_TYPE></DISK>",
 				d.id, d.target(), d.format, d.sizeMiB)
@@ -456,6 +477,12 @@ func (vm *testVM) checkClean(t testing.TB) {
 		}
 	}
 	for _, d := range vm.disks {
+		if d.rbd != "" {
+			if want := ceph.pool + "/" + d.rbd; srcs[d.target()] != want {
+				t.Errorf("domain %s runs %s on %s, not on %s", vm.name, d.target(), srcs[d.target()], want)
+			}
+			continue
+		}
 		want, _ := filepath.EvalSymlinks(fmt.Sprintf("%s/disk.%d", vm.dir, d.id))
 		got, _ := filepath.EvalSymlinks(srcs[d.target()])
 		if want == "" || got != want {

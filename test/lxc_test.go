@@ -169,10 +169,10 @@ func lxcCfg(mode string, live bool) bcfg {
 }
 
 // traceHost records, with strace, every program started and every socket connected by the
-// sessions of host hv1's sshd (where the host side runs) until the returned stop is called.
-func traceHost(t *testing.T) (stop func() string) {
+// sessions of a simulated host's sshd until the returned stop is called.
+func traceHost(t *testing.T, host string) (stop func() string) {
 	t.Helper()
-	pid, err := os.ReadFile(filepath.Join(h.state, "hv1/sshd.pid"))
+	pid, err := os.ReadFile(filepath.Join(h.state, host, "sshd.pid"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,7 +184,7 @@ func traceHost(t *testing.T) (stop func() string) {
 		t.Fatal(err)
 	}
 	// strace writes the attach into its log only with -v; wait until ptrace holds the listener.
-	waitFor(t, "strace to attach to hv1's sshd", 10*time.Second, func() bool {
+	waitFor(t, "strace to attach to "+host+"'s sshd", 10*time.Second, func() bool {
 		st, _ := os.ReadFile("/proc/" + strings.TrimSpace(string(pid)) + "/status")
 		return strings.Contains(string(st), "TracerPid:\t"+strconv.Itoa(cmd.Process.Pid))
 	})
@@ -227,7 +227,7 @@ func TestLXCFilePowerOffBackup(t *testing.T) {
 	reference := filepath.Join(c.vm.tmp, "reference.raw")
 	run(t, "cp", "--sparse=always", c.disk, reference)
 
-	stop := traceHost(t)
+	stop := traceHost(t, "hv1")
 	snap := c.vm.backupRound(t, ds, lxcCfg("FULL", false))
 	trace := stop()
 	checkNoLibvirt(t, trace)

@@ -86,7 +86,7 @@ func startHarness() (*harness, error) {
 	steps := [][]string{
 		{filepath.Join(h.repo, "test/harness/setup-deps.sh")},
 		// -tags testhooks: the binaries honour ONEBACKUP_TEST_HOLD (see hostjob.Hold).
-		{"go", "build", "-tags", "testhooks", "-o", filepath.Join(h.repo, "bin/onebackup"), "./cmd/onebackup"},
+		{"go", "build", "-tags", testTags, "-o", filepath.Join(h.repo, "bin/onebackup"), "./cmd/onebackup"},
 		// The remotes are synced to hosts by `onehost sync`; here all hosts share one filesystem.
 		{"install", "-o", "oneadmin", "-g", "oneadmin", "-m", "0755", filepath.Join(h.repo, "bin/onebackup"), "/var/tmp/one/datastore/onebackup"},
 	}

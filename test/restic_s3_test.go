@@ -66,9 +66,11 @@ func needS3(t *testing.T) []*s3Server {
 }
 
 func startS3() ([]*s3Server, error) {
+	cephOnce.Do(func() { ceph, cephErr = startCeph() })
+	if cephErr != nil {
+		return nil, cephErr
+	}
 	for _, s := range [][]string{
-		{"test/harness/setup-ceph.sh"},
-		{"test/harness/ceph.sh", "start", cephState},
 		{"test/harness/setup-versitygw.sh"},
 		{"test/harness/s3.sh", "start", s3State},
 	} {
@@ -140,7 +142,6 @@ func startS3() ([]*s3Server, error) {
 
 func stopS3() {
 	exec.Command(filepath.Join(h.repo, "test/harness/s3.sh"), "stop", s3State).Run()
-	exec.Command(filepath.Join(h.repo, "test/harness/ceph.sh"), "stop", cephState).Run()
 }
 
 // env is what restic needs to reach the server by hand.

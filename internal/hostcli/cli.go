@@ -25,6 +25,7 @@ import (
 	"onebackup/internal/hostwire"
 	"onebackup/internal/hypervisor"
 	"onebackup/internal/lockfile"
+	"onebackup/internal/matrix"
 	"onebackup/internal/storage"
 )
 
@@ -38,6 +39,11 @@ func (l logger) Warnf(f string, a ...any) { fmt.Fprintf(l.w, "WARNING: "+f+"\n",
 
 // Main runs the host binary.
 func Main(argv []string) int {
+	// When the frontend goes away (its TM action was cancelled), the pipe carrying our log
+	// closes while we still roll the VM back. A log line written then must fail, not kill the
+	// process half-way through its cleanup (Go exits on a broken pipe on stderr unless SIGPIPE
+	// is handled). Handled here, it stays at its default in the tools we start.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 	root := &cobra.Command{
 		Use:           "onebackup-host",
 		Short:         "Host side of OpenNebula VM backups (runs on hypervisors)",
@@ -79,6 +85,8 @@ func command(name, short string, fn func(context.Context, *options) error) *cobr
 	f.StringVar(&o.deployID, "deploy-id", "", "libvirt domain UUID or name (default VM/DEPLOY_ID)")
 	f.StringVar(&o.backupDir, "backup-dir", "", "staging directory (default <VM dir>/backup; <BACKUP_BASE_PATH>/<vid>/backup)")
 	f.StringVar(&o.tmMad, "tm-mad", "", "system datastore TM_MAD (default HISTORY/TM_MAD)")
+	f.StringVar(&o.phase, "phase", "", "run one phase of a backup whose export runs on a bridge host: point (on the VM's host) or export (on the bridge)")
+	f.StringVar(&o.chainFmt, "chain-format", "", "FORMAT of the image of the chain being continued (rbd: a legacy Ceph chain, continued with .rbdiff files)")
 	f.BoolVar(&o.live, "live", false, "live backup (default: from LCM_STATE 69)")
 	f.BoolVar(&o.poweroff, "poweroff", false, "power-off backup (default: from LCM_STATE)")
 	f.BoolVar(&o.failure, "failure", false, "postbackup after a failed backup (as BACKUP_RESULT=FAILURE)")
@@ -143,7 +151,30 @@ func prepare(ctx context.Context, o *options) (*hostjob.Job, *vmDoc, row, error)
 	if err != nil {
 		return j, doc, r, fmt.Errorf("%s: %w", j.Decision.Row.Name(), err)
 	}
+	switch o.phase {
+	case "":
+	case hostwire.PhasePoint, hostwire.PhaseExport:
+		if _, ok := r.st.(storage.Bridged); !ok {
+			return j, doc, r, fmt.Errorf("%s: the %s storage side exports only on the VM's host", j.Decision.Row.Name(), r.st.Side())
+		}
+		if o.phase == hostwire.PhaseExport {
+			r.hv = elsewhere{r.hv.Name()}
+		}
+	default:
+		return j, doc, r, fmt.Errorf("unknown phase %q (point or export)", o.phase)
+	}
 	return j, doc, r, nil
+}
+
+// elsewhere is the hypervisor side on a bridge host, where the VM does not run: its own host
+// does the hypervisor work (leftovers, quiesce) in the point phase and in its postbackup.
+type elsewhere struct{ name matrix.Hypervisor }
+
+func (e elsewhere) Name() matrix.Hypervisor                              { return e.name }
+func (elsewhere) Recover(ctx context.Context, j *hostjob.Job) error      { return nil }
+func (elsewhere) CheckStopped(ctx context.Context, j *hostjob.Job) error { return nil }
+func (elsewhere) Quiesce(ctx context.Context, j *hostjob.Job) (func() error, error) {
+	return nil, fmt.Errorf("VM %d cannot be quiesced from a bridge host", j.VMID)
 }
 
 func runBackup(ctx context.Context, o *options) error {
@@ -165,12 +196,35 @@ func runBackup(ctx context.Context, o *options) error {
 		return err
 	}
 	defer unlock()
-	if err := r.st.Cleanup(ctx, j, r.hv); err != nil {
-		return fmt.Errorf("leftovers of an earlier backup of VM %d: %w", j.VMID, err)
+	// The export phase on a bridge continues from the point its VM's host just fixed: what
+	// looks like leftovers there is this run's snapshot.
+	if o.phase != hostwire.PhaseExport {
+		if err := r.st.Cleanup(ctx, j, r.hv); err != nil {
+			return fmt.Errorf("leftovers of an earlier backup of VM %d: %w", j.VMID, err)
+		}
 	}
-	err = stage(ctx, j, doc, r)
+	switch o.phase {
+	case hostwire.PhasePoint:
+		if err = r.st.(storage.Bridged).Point(ctx, j, r.hv); err == nil && doc.vm.TPMModel() != "" {
+			err = printTPM(j)
+		}
+	case hostwire.PhaseExport:
+		err = stage(j, doc, tpmFromEnv)
+		if err == nil {
+			err = r.st.(storage.Bridged).Export(ctx, j)
+		}
+	default:
+		err = stage(j, doc, tpmFromVMDir)
+		if err == nil {
+			err = r.st.Backup(ctx, j, r.hv)
+		}
+	}
 	if err == nil {
-		j.Log.Infof("VM %d: staged %s backup %d in %s", j.VMID, kindOf(j), j.BID, j.BackupDir)
+		if o.phase == hostwire.PhasePoint {
+			j.Log.Infof("VM %d: backup point of increment %d fixed; the export runs on the bridge", j.VMID, j.BID)
+		} else {
+			j.Log.Infof("VM %d: staged %s backup %d in %s", j.VMID, kindOf(j), j.BID, j.BackupDir)
+		}
 		return nil
 	}
 	// Failed or cancelled: put the VM back as it was, drop this try's anchor and files.
@@ -187,7 +241,50 @@ func runBackup(ctx context.Context, o *options) error {
 	return err
 }
 
-func stage(ctx context.Context, j *hostjob.Job, doc *vmDoc, r row) error {
+// tpmSource writes disk.tpm.0: from the VM directory on the VM's host, or, on a bridge, from
+// what the point phase on the VM's host sent.
+type tpmSource func(j *hostjob.Job, out string) error
+
+func tpmFromVMDir(j *hostjob.Job, out string) error {
+	f, err := os.Create(out)
+	if err != nil {
+		return err
+	}
+	err = tarTPM(filepath.Join(j.VMDir, "tpm"), f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(out)
+	}
+	return err
+}
+
+func tpmFromEnv(j *hostjob.Job, out string) error {
+	data, err := base64.StdEncoding.DecodeString(os.Getenv(hostwire.TPMEnv))
+	if err != nil || len(data) == 0 {
+		return fmt.Errorf("the vTPM state from the VM's host is missing or not base64 (%s)", hostwire.TPMEnv)
+	}
+	return os.WriteFile(out, data, 0o644)
+}
+
+// printTPM sends the vTPM state to the bridge: base64 on stdout, which the frontend passes on.
+func printTPM(j *hostjob.Job) error {
+	var b strings.Builder
+	enc := base64.NewEncoder(base64.StdEncoding, &b)
+	if err := tarTPM(filepath.Join(j.VMDir, "tpm"), enc); err != nil {
+		return fmt.Errorf("vTPM state: %v", err)
+	}
+	enc.Close()
+	if b.Len() > hostwire.MaxTPMEnv {
+		return fmt.Errorf("the vTPM state of VM %d is %d bytes in base64, more than the %d a bridge can be sent", j.VMID, b.Len(), hostwire.MaxTPMEnv)
+	}
+	_, err := fmt.Println(b.String())
+	return err
+}
+
+// stage lays out the staging directory: vm.xml and the vTPM state; the disks come after.
+func stage(j *hostjob.Job, doc *vmDoc, tpm tpmSource) error {
 	if err := os.RemoveAll(j.BackupDir); err != nil {
 		return err
 	}
@@ -198,11 +295,11 @@ func stage(ctx context.Context, j *hostjob.Job, doc *vmDoc, r row) error {
 		return err
 	}
 	if doc.vm.TPMModel() != "" {
-		if err := tarTPM(filepath.Join(j.VMDir, "tpm"), filepath.Join(j.BackupDir, "disk.tpm.0")); err != nil {
+		if err := tpm(j, filepath.Join(j.BackupDir, "disk.tpm.0")); err != nil {
 			return fmt.Errorf("vTPM state: %v", err)
 		}
 	}
-	return r.st.Backup(ctx, j, r.hv)
+	return nil
 }
 
 func runPostbackup(ctx context.Context, o *options) error {
@@ -269,18 +366,13 @@ func base64Lines(data []byte) string {
 }
 
 // tarTPM writes a gzip'd tar of dir with member names starting with "tpm/".
-func tarTPM(dir, out string) error {
+func tarTPM(dir string, out io.Writer) error {
 	if _, err := os.Stat(dir); err != nil {
 		return err
 	}
-	f, err := os.Create(out)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	zw := gzip.NewWriter(f)
+	zw := gzip.NewWriter(out)
 	tw := tar.NewWriter(zw)
-	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -320,8 +412,5 @@ func tarTPM(dir, out string) error {
 	if err == nil {
 		err = zw.Close()
 	}
-	if err != nil {
-		return errors.Join(err, os.Remove(out))
-	}
-	return nil
+	return err
 }

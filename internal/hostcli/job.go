@@ -25,6 +25,8 @@ type options struct {
 	deployID  string
 	backupDir string
 	tmMad     string
+	chainFmt  string
+	phase     string
 	live      bool
 	poweroff  bool
 	failure   bool
@@ -123,6 +125,12 @@ func (o *options) buildJob(ctx context.Context, doc *vmDoc, log hostjob.Logger) 
 		j.BID, j.PID = 0, -1
 	}
 	j.FSFreeze = cfg.FSFreeze
+	switch o.chainFmt {
+	case "", "raw", "qcow2", "rbd":
+		j.ChainFormat = o.chainFmt
+	default:
+		return nil, fmt.Errorf("unknown chain format %q (raw or rbd)", o.chainFmt)
+	}
 	j.Success = !o.failure && !vm.BackupFailed()
 
 	hv := matrix.Hypervisor(vm.Hypervisor())

@@ -77,8 +77,11 @@ func TestBuildJobMatrixErrors(t *testing.T) {
 	if _, err := job(t, "FULL", "kvm", "", options{}); err == nil {
 		t.Error("empty disk list accepted")
 	}
-	if _, err := job(t, "FULL", "kvm", "0", options{tmMad: "ceph"}); err == nil || !strings.Contains(err.Error(), "not served") {
-		t.Errorf("ceph row (not served yet): %v", err)
+	if _, err := job(t, "FULL", "kvm", "0", options{tmMad: "lvm"}); err == nil || !strings.Contains(err.Error(), "not served") {
+		t.Errorf("LVM thin row (not served yet): %v", err)
+	}
+	if _, err := job(t, "FULL", "kvm", "0", options{tmMad: "ceph"}); err != nil {
+		t.Errorf("ceph row: %v", err)
 	}
 	doc := strings.NewReplacer("%MODE%", "FULL", "%VMMAD%", "kvm").Replace(vmTemplate)
 	vm, _ := parseVMXML([]byte(strings.Replace(doc, "<FS_FREEZE>", "<INTERACTIVE>yes</INTERACTIVE><FS_FREEZE>", 1)))

@@ -34,6 +34,10 @@ type Job struct {
 	// parent (-1: this is a full).
 	BID, PID int
 	FSFreeze string // NONE | AGENT | SUSPEND (live only)
+	// ChainFormat is the FORMAT oned records for the image of the chain being continued: "rbd"
+	// for a Ceph chain OpenNebula ≤ 7.0 started as .rbd2 + .rbdiff files, which goes on in
+	// that format; "" or "raw" for qcow2 chains.
+	ChainFormat string
 	// Success is the outcome the postbackup run was told (BACKUP_RESULT).
 	Success bool
 	DryRun  bool

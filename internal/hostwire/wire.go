@@ -19,6 +19,22 @@ import (
 // which gives the program no stdin.
 const VMXMLEnv = "ONEBACKUP_VM_XML"
 
+// A backup whose export runs on a bridge of the backup datastore (Ceph VMs with LAST_BRIDGE) is
+// run in two phases: PhasePoint on the VM's host (leftovers, quiesce, snapshots, vTPM state) and
+// PhaseExport on the bridge (staging, disk files). Postbackup runs on both.
+const (
+	PhasePoint  = "point"
+	PhaseExport = "export"
+)
+
+// TPMEnv carries the VM's vTPM state (disk.tpm.0, base64) from the point phase on the VM's host
+// to the export phase on the bridge. A vTPM state is a few KiB; the host side refuses one that
+// would not fit an environment variable.
+const TPMEnv = "ONEBACKUP_TPM"
+
+// MaxTPMEnv bounds TPMEnv (the kernel's limit for one environment string is 128 KiB).
+const MaxTPMEnv = 96 << 10
+
 // TestHoldEnv names the phase at which a host-side run pauses for a test (see hostjob.Hold). Only
 // binaries built with -tags testhooks pass it on (TestEnv) or honour it.
 const TestHoldEnv = "ONEBACKUP_TEST_HOLD"

@@ -92,6 +92,16 @@ func (v *VM) BackupImageIDs() []int {
 	return ids
 }
 
+// IncrementalBackupID is BACKUP_CONFIG/INCREMENTAL_BACKUP_ID, the image of the chain being
+// continued (-1 when there is none).
+func (v *VM) IncrementalBackupID() int {
+	n, err := strconv.Atoi(v.text("BACKUPS/BACKUP_CONFIG/INCREMENTAL_BACKUP_ID"))
+	if err != nil || n < 0 {
+		return -1
+	}
+	return n
+}
+
 // Disk is one DISK of a VM as oned describes it. Which fields matter depends on the storage:
 // a file disk is found by its id in the VM directory, an RBD image by pool, source and the
 // naming rules of RBD, an LV by volume group and name.

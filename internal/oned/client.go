@@ -324,6 +324,23 @@ func (c *Client) DatastoreInfo(ctx context.Context, id int) (*one.Datastore, err
 	return msg.Datastore()
 }
 
+// ImageInfo is one.image.info(id, decrypt=false): the IMAGE element.
+func (c *Client) ImageInfo(ctx context.Context, id int) (*one.Image, error) {
+	v, err := c.Call(ctx, "one.image.info", id, false)
+	if err != nil {
+		return nil, err
+	}
+	s, ok := v.(string)
+	if !ok {
+		return nil, fmt.Errorf("one.image.info: oned returned %T, want the image XML", v)
+	}
+	msg, err := one.ParseMessage([]byte(s))
+	if err != nil {
+		return nil, fmt.Errorf("one.image.info: %v", err)
+	}
+	return msg.Image()
+}
+
 // ImagePoolInfo is one.imagepool.info(-2, -1, -1): every image the user may see, as the
 // IMAGE_POOL document.
 func (c *Client) ImagePoolInfo(ctx context.Context) ([]byte, error) {

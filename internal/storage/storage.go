@@ -48,3 +48,17 @@ func Get(side matrix.Side) (Storage, error) {
 	}
 	return st, nil
 }
+
+// Bridged is a storage side whose backup can be split between two hosts: the point in time
+// fixed on the VM's host (which can quiesce the VM), the export on a bridge host of the backup
+// datastore that reaches the same storage and uploads from there. Ceph images are reachable from
+// any host of the cluster; files and LVs are not, so only the rbd side is Bridged. Point and
+// Export in sequence on one host are Backup.
+type Bridged interface {
+	Storage
+	// Point fixes the backup point of every selected disk (snapshots, the VM quiesced around
+	// them as FS_FREEZE says).
+	Point(ctx context.Context, j *hostjob.Job, hv hypervisor.Hypervisor) error
+	// Export writes disk.<id>.<BID> files into j.BackupDir from the point Point fixed.
+	Export(ctx context.Context, j *hostjob.Job) error
+}

@@ -30,6 +30,7 @@ import (
 	"onebackup/internal/one"
 	"onebackup/internal/oned"
 	"onebackup/internal/remote"
+	"onebackup/internal/validate"
 )
 
 // Actions are the TM actions served here.
@@ -138,17 +139,98 @@ func run(ctx context.Context, tmMad, action string, args []string, stdin io.Read
 	}
 	argv := []string{hostwire.HostBinary(), "host", sub, "--disks", args[1], "--vm-dir", a.VMDir, "--deploy-id", a.DeployID,
 		"--backup-dir", staging, "--tm-mad", tmMad, mode}
+	vm := vmOf(xml)
 	if sub == "backup" {
-		argv = confine(ctx, xml, argv, a.VMDir, stderr)
+		f, err := chainFormat(ctx, tmMad, vm)
+		if err != nil {
+			return err
+		}
+		if f != "" {
+			argv = append(argv, "--chain-format", f)
+		}
 	}
 	env := hostwire.TestEnv()
 	env[hostwire.VMXMLEnv] = hostwire.EncodeVMXML(xml)
+	h := hostRun{action: action, sub: sub, staging: staging, vmID: a.VMID, stderr: stderr}
+	bridge, err := exportBridge(tmMad, a.Host, vm)
+	if err != nil {
+		return err
+	}
+	wrap := func(argv []string) []string {
+		if sub == "backup" {
+			return confine(ctx, xml, argv, a.VMDir, stderr)
+		}
+		return argv
+	}
+	if bridge == "" {
+		_, err := h.run(ctx, a.Host, wrap(argv), env)
+		return err
+	}
+	// The backup datastore's bridge exports (and the datastore uploads from there); the VM's
+	// host does what needs the VM: leftovers of a crashed run, the quiesced snapshot, the vTPM
+	// state, which the bridge then stages (W-15, W-16).
+	phase := func(p string) []string { return append(append([]string(nil), argv...), "--phase", p) }
+	if sub == "postbackup" {
+		_, err1 := h.run(ctx, a.Host, argv, env)
+		_, err2 := h.run(ctx, bridge, phase(hostwire.PhaseExport), env)
+		return errors.Join(err1, err2)
+	}
+	res, err := h.run(ctx, a.Host, wrap(phase(hostwire.PhasePoint)), env)
+	if err != nil {
+		return err
+	}
+	if tpm := strings.TrimSpace(string(res.Stdout)); tpm != "" {
+		env[hostwire.TPMEnv] = tpm
+	}
+	_, err = h.run(ctx, bridge, wrap(phase(hostwire.PhaseExport)), env)
+	return err
+}
+
+// vmOf reads the VM XML for the decisions made here; nil when it does not parse (the host side
+// then reports the error in its own words).
+func vmOf(xml []byte) *one.VM {
+	msg, err := one.ParseMessage(xml)
+	if err != nil {
+		return nil
+	}
+	vm, err := msg.VM()
+	if err != nil {
+		return nil
+	}
+	return vm
+}
+
+// exportBridge is the host that exports a Ceph VM's disks: LAST_BRIDGE, the bridge oned chose
+// from the backup datastore's BRIDGE_LIST, where the datastore's backup action also uploads
+// from. "" when the VM's host does all (other storages: their disks are only on that host).
+func exportBridge(tmMad, vmHost string, vm *one.VM) (string, error) {
+	if tmMad != "ceph" || vm == nil {
+		return "", nil
+	}
+	bridge := vm.LastBridge()
+	if bridge == "" || bridge == vmHost {
+		return "", nil
+	}
+	if err := validate.Host("LAST_BRIDGE", bridge); err != nil {
+		return "", err
+	}
+	return bridge, nil
+}
+
+// hostRun starts the host side of one TM action on a host and relays its log.
+type hostRun struct {
+	action, sub, staging string
+	vmID                 int
+	stderr               io.Writer
+}
+
+func (h hostRun) run(ctx context.Context, host string, argv []string, env map[string]string) (*remote.Result, error) {
 	buf := make([]byte, 4)
 	rand.Read(buf)
-	token := fmt.Sprintf("tm-%s-%d-%s", sub, a.VMID, hex.EncodeToString(buf))
+	token := fmt.Sprintf("tm-%s-%d-%s", h.sub, h.vmID, hex.EncodeToString(buf))
 	runner := &remote.Runner{}
 	res, err := runner.Run(ctx, remote.Cmd{
-		Target: remote.Target{Host: a.Host},
+		Target: remote.Target{Host: host},
 		Argv:   argv,
 		Env:    env,
 		Token:  token,
@@ -157,19 +239,48 @@ func run(ctx context.Context, tmMad, action string, args []string, stdin io.Read
 		StopGrace: hostStopGrace,
 	})
 	if res != nil && len(res.Stderr) > 0 {
-		stderr.Write(res.Stderr)
+		h.stderr.Write(res.Stderr)
 	}
 	if ctx.Err() != nil {
 		what := "Prebackup"
-		if strings.HasSuffix(action, "_live") {
+		if strings.HasSuffix(h.action, "_live") {
 			what = "Live prebackup"
 		}
-		if sub == "postbackup" {
+		if h.sub == "postbackup" {
 			what = "Postbackup"
 		}
-		return fmt.Errorf("%s cancelled: %s", what, staging)
+		return res, fmt.Errorf("%s cancelled: %s", what, h.staging)
 	}
-	return err
+	return res, err
+}
+
+// chainFormat is the FORMAT of the image an increment of a Ceph VM continues: a chain
+// OpenNebula ≤ 7.0 started in rbd format (.rbd2 + .rbdiff) must go on in that format. It is
+// the chain's own image (INCREMENTAL_BACKUP_ID) that decides, not the oldest backup image of
+// the VM, which may belong to an older chain (W-14). "" when there is nothing to continue.
+func chainFormat(ctx context.Context, tmMad string, vm *one.VM) (string, error) {
+	if tmMad != "ceph" || vm == nil {
+		return "", nil
+	}
+	cfg, err := vm.BackupConfig()
+	if err != nil || !cfg.Incremental() || cfg.LastIncrementID < 0 {
+		return "", nil
+	}
+	id := vm.IncrementalBackupID()
+	if id < 0 {
+		return "", nil
+	}
+	c, err := oned.New()
+	var img *one.Image
+	if err == nil {
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		img, err = c.ImageInfo(cctx, id)
+		cancel()
+	}
+	if err != nil {
+		return "", fmt.Errorf("cannot load backup image %d to tell the format of the chain increment %d continues: %w", id, cfg.LastIncrementID+1, err)
+	}
+	return img.Format(), nil
 }
 
 // hostStopGrace is how long a stopped host-side backup may take to restore the VM's disk chain.

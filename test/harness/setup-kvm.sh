@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Install what the KVM host-side backup tests need on a Debian 12 machine (run as root):
-# libvirt (monolithic libvirtd), QEMU, qemu-img/qemu-nbd, libnbd tools and libvirt-dev for the
-# cgo host binary. Idempotent: on a set-up machine it only checks and exits quickly.
+# libvirt (monolithic libvirtd), QEMU with its rbd block driver (qemu-block-extra),
+# qemu-img/qemu-nbd, libnbd tools, and libvirt-dev + librbd-dev/librados-dev for the cgo host
+# binary (it links libvirt and librbd). Idempotent: on a set-up machine it only checks and exits quickly.
 set -euo pipefail
 
 PACKAGES=(
-  libvirt-daemon-system libvirt-clients libvirt-dev qemu-system-x86 qemu-utils
+  libvirt-daemon-system libvirt-clients libvirt-dev qemu-system-x86 qemu-utils qemu-block-extra
+  librbd-dev librados-dev
   nbdkit libnbd-bin pkg-config gcc libc6-dev
 )
 
