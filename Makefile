@@ -68,6 +68,9 @@ install: build
 	# Only the TM drivers of the matrix's served rows: the others keep OpenNebula's scripts.
 	for m in $$($(BIN) tm drivers); do install -d $(DESTDIR)$(REMOTES)/tm/$$m; \
 	  for a in $(TM_ACTIONS); do install -m 0755 drivers/tm/qcow2/$$a $(DESTDIR)$(REMOTES)/tm/$$m/$$a; done; done
+	# In-place restore (onevm restore) only for the drivers whose every disk kind it serves.
+	for m in $$($(BIN) tm drivers --restore); do install -d $(DESTDIR)$(REMOTES)/tm/$$m; \
+	  install -m 0755 drivers/tm/qcow2/prebackup $(DESTDIR)$(REMOTES)/tm/$$m/restore; done
 	if [ -x "$(HOST_BIN)" ]; then install -m 0755 $(HOST_BIN) $(DESTDIR)$(REMOTES)/tm/onebackup-host; fi
 	if [ -x "$(RESTIC)" ]; then install -m 0755 $(RESTIC) $(DESTDIR)$(REMOTES)/datastore/restic/restic; fi
 

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"onebackup/internal/chain"
 
 	"github.com/sirupsen/logrus"
 
@@ -45,6 +46,17 @@ type Store interface {
 type FileReader interface {
 	// ReadFile writes the file stored at path in backup snap to w.
 	ReadFile(ctx context.Context, loc Location, snap, path string, w io.Writer) error
+}
+
+// StoredFile is one stored file of a restore point.
+type StoredFile struct{ Snap, Path string }
+
+// ChainLister is a Store that lists the stored files of one disk along a URL's chain, oldest
+// first, so that an in-place restore can fetch them one by one and merge them on the VM's host
+// (no merged copy on the frontend or the backup server).
+type ChainLister interface {
+	FileReader
+	ChainFiles(ctx context.Context, u chain.URL, loc Location) ([]StoredFile, error)
 }
 
 // Upload is the program that copies the staged files of one backup to the datastore.

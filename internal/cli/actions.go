@@ -16,6 +16,7 @@ import (
 	"onebackup/internal/backend/rsync"
 	"onebackup/internal/one"
 	"onebackup/internal/oned"
+	"onebackup/internal/tm"
 	"onebackup/internal/validate"
 )
 
@@ -24,6 +25,8 @@ var backends = map[string]backend.Opener{
 	"restic": restic.Open,
 	"rsync":  rsync.Open,
 }
+
+func init() { tm.Backends = backends }
 
 // unsupported lists the DS MAD actions a backup datastore refuses, per backend.
 var unsupported = map[string][]string{

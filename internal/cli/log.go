@@ -11,35 +11,10 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
-	"onebackup/internal/one"
+	"onebackup/internal/backend"
 )
 
-// onedFormatter writes "INFO: message" lines, the prefixes oned's driver framework turns into
-// log entries of that severity (and keeps out of the failure message).
-type onedFormatter struct{}
-
-func (onedFormatter) Format(e *logrus.Entry) ([]byte, error) {
-	level := strings.ToUpper(e.Level.String())
-	switch e.Level {
-	case logrus.WarnLevel:
-		level = "WARN"
-	case logrus.TraceLevel:
-		level = "DEBUG"
-	}
-	msg := strings.ReplaceAll(one.Redact(e.Message), "\n", " ")
-	return []byte(level + ": " + msg + "\n"), nil
-}
-
-func newLogger(w io.Writer, verbose bool) *logrus.Logger {
-	l := logrus.New()
-	l.SetOutput(w)
-	l.SetFormatter(onedFormatter{})
-	l.SetLevel(logrus.InfoLevel)
-	if verbose {
-		l.SetLevel(logrus.DebugLevel)
-	}
-	return l
-}
+func newLogger(w io.Writer, verbose bool) *logrus.Logger { return backend.NewLogger(w, verbose) }
 
 // isTerminal reports whether f is a terminal (not merely a character device such as /dev/null).
 func isTerminal(f *os.File) bool {

@@ -54,6 +54,7 @@ func Main(argv []string) int {
 	host := &cobra.Command{Use: "host", Short: "Backup work on this hypervisor"}
 	root.AddCommand(host)
 	host.AddCommand(command("backup", "Stage the selected disks of a VM for the datastore backup action (TM prebackup[_live])", runBackup))
+	host.AddCommand(restoreCommands()...)
 	host.AddCommand(command("postbackup", "Finish a backup: chain anchors, cleanup (TM postbackup[_live])", runPostbackup))
 	root.SetArgs(argv[1:])
 	if err := root.Execute(); err != nil {

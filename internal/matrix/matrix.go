@@ -68,11 +68,15 @@ type Row struct {
 	// Served: this project's host side serves the row (its hypervisor side and its storage side
 	// are built into onebackup-host). A row that is not served keeps OpenNebula's own TM scripts
 	// (make install leaves them in place) and is refused by our host side.
-	Served       bool
-	FullLive     Cell
-	FullPowerOff Cell
-	IncrLive     Cell
-	IncrPowerOff Cell
+	Served bool
+	// RestoreInPlace: these drivers also serve the in-place restore (TM restore, `onevm
+	// restore`) of the row's disks. A system datastore driver's restore is taken over only when
+	// every kind of disk it holds has it (RestoreDrivers).
+	RestoreInPlace bool
+	FullLive       Cell
+	FullPowerOff   Cell
+	IncrLive       Cell
+	IncrPowerOff   Cell
 	// IncrementModes lists the INCREMENT_MODE values that mean something for the row (the
 	// KVM file adapter: CBT and SNAPSHOT; others ignore INCREMENT_MODE, as the reference).
 	IncrementModes []IncrementMode
@@ -120,14 +124,14 @@ const (
 // Table is the matrix (spec §0.3 with the project's policy for the rows the reference only
 // half-supports). Order matters only for listings.
 var Table = []Row{
-	{Hypervisor: KVM, Storage: FileQcow2, Served: true, FullLive: yes(), FullPowerOff: yes(), IncrLive: yes(), IncrPowerOff: yes(), IncrementModes: []IncrementMode{CBT, Snapshot}},
-	{Hypervisor: KVM, Storage: FileRaw, Served: true, FullLive: yes(), FullPowerOff: yes(), IncrLive: no(rawFullOnly), IncrPowerOff: no(rawFullOnly)},
+	{Hypervisor: KVM, Storage: FileQcow2, Served: true, RestoreInPlace: true, FullLive: yes(), FullPowerOff: yes(), IncrLive: yes(), IncrPowerOff: yes(), IncrementModes: []IncrementMode{CBT, Snapshot}},
+	{Hypervisor: KVM, Storage: FileRaw, Served: true, RestoreInPlace: true, FullLive: yes(), FullPowerOff: yes(), IncrLive: no(rawFullOnly), IncrPowerOff: no(rawFullOnly)},
 	{Hypervisor: KVM, Storage: Ceph, Served: true, FullLive: yes(), FullPowerOff: yes(), IncrLive: yes(), IncrPowerOff: yes()},
 	{Hypervisor: KVM, Storage: LVMThin, FullLive: yes(), FullPowerOff: yes(), IncrLive: no("LVM thin supports full backups only"), IncrPowerOff: no("LVM thin supports full backups only")},
 	{Hypervisor: KVM, Storage: LVMThick, FullLive: no(thickFullOnly), FullPowerOff: yes(), IncrLive: no(thickFullOnly), IncrPowerOff: no(thickFullOnly)},
 	{Hypervisor: KVM, Storage: LVMShared, FullLive: no(lvmShared), FullPowerOff: no(lvmShared), IncrLive: no(lvmShared), IncrPowerOff: no(lvmShared)},
-	{Hypervisor: LXC, Storage: FileQcow2, Served: true, FullLive: no(lxcLive), FullPowerOff: yes(), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr)},
-	{Hypervisor: LXC, Storage: FileRaw, Served: true, FullLive: no(lxcLive), FullPowerOff: yes(), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr)},
+	{Hypervisor: LXC, Storage: FileQcow2, Served: true, RestoreInPlace: true, FullLive: no(lxcLive), FullPowerOff: yes(), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr)},
+	{Hypervisor: LXC, Storage: FileRaw, Served: true, RestoreInPlace: true, FullLive: no(lxcLive), FullPowerOff: yes(), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr)},
 	{Hypervisor: LXC, Storage: Ceph, Served: true, FullLive: no(lxcLive), FullPowerOff: yes(), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr)},
 	{Hypervisor: LXC, Storage: LVMThin, FullLive: yes(), FullPowerOff: yes(), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr), FreezeNoneOnly: true},
 	{Hypervisor: LXC, Storage: LVMThick, FullLive: no("LXC on thick LVM: no backup support"), FullPowerOff: no("LXC on thick LVM: no backup support"), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr)},
@@ -268,6 +272,27 @@ func TMDrivers() []string {
 			}
 		}
 		if served {
+			out = append(out, d.TM)
+		}
+	}
+	return out
+}
+
+// RestoreDrivers are the system datastore TM_MADs whose in-place restore these drivers serve:
+// those all of whose kinds of disk are restored in place on every hypervisor row. make install
+// replaces <remotes>/tm/<tm_mad>/restore for exactly these.
+func RestoreDrivers() []string {
+	var out []string
+	for _, d := range systemDrivers {
+		ok := true
+		for _, k := range d.Kinds {
+			for _, r := range Table {
+				if r.Storage == k && !r.RestoreInPlace {
+					ok = false
+				}
+			}
+		}
+		if ok {
 			out = append(out, d.TM)
 		}
 	}

@@ -58,6 +58,7 @@ type Cmd struct {
 	ForwardAgent bool              // remote: forward the frontend's ssh agent
 	StopGrace    time.Duration     // remote: time between SIGTERM and SIGKILL when stopped (agent default: 10 s)
 	Stdout       io.Writer         // stream stdout here instead of capturing it
+	Stdin        io.Reader         // the program's stdin (not through the agent, which uses it)
 }
 
 // Result is what a finished command left.
@@ -160,6 +161,9 @@ func (r *Runner) Run(ctx context.Context, c Cmd) (*Result, error) {
 	var argv []string
 	var request []byte
 	useAgent := c.Target.Host != "" && (c.Agent || len(c.Env) > 0 || c.Token != "" || c.StopGrace > 0)
+	if useAgent && c.Stdin != nil {
+		return nil, errors.New("a program run through the agent gets no stdin")
+	}
 	switch {
 	case c.Target.Host == "":
 		argv = c.Argv
@@ -195,6 +199,9 @@ func (r *Runner) Run(ctx context.Context, c Cmd) (*Result, error) {
 		cmd.Stdout = c.Stdout
 	}
 	cmd.Stderr = &limitedBuffer{buf: &stderr, max: 1 << 20}
+	if request == nil && c.Stdin != nil {
+		cmd.Stdin = c.Stdin
+	}
 	err := start(cmd, request)
 	if err == nil {
 		err = cmd.Wait()

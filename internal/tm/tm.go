@@ -52,15 +52,22 @@ func Command() *cobra.Command {
 			return nil
 		},
 	}
-	c.AddCommand(&cobra.Command{
+	var restore bool
+	drivers := &cobra.Command{
 		Use:   "drivers",
-		Short: "List the system datastore TM drivers whose backup actions these drivers serve (make install links exactly these)",
+		Short: "List the system datastore TM drivers whose backup actions (with --restore: whose in-place restore) these drivers serve; make install links exactly these",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			fmt.Fprintln(cmd.OutOrStdout(), strings.Join(matrix.TMDrivers(), " "))
+			list := matrix.TMDrivers()
+			if restore {
+				list = matrix.RestoreDrivers()
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), strings.Join(list, " "))
 			return nil
 		},
-	})
+	}
+	drivers.Flags().BoolVar(&restore, "restore", false, "list the drivers whose restore action is served")
+	c.AddCommand(drivers)
 	return c
 }
 
@@ -69,7 +76,10 @@ func Command() *cobra.Command {
 func DriverArgs(argv []string) ([]string, bool) {
 	action := filepath.Base(argv[0])
 	mad := filepath.Base(filepath.Dir(argv[0]))
-	if filepath.Base(filepath.Dir(filepath.Dir(argv[0]))) != "tm" || !contains(matrix.TMDrivers(), mad) || !contains(Actions, action) {
+	if filepath.Base(filepath.Dir(filepath.Dir(argv[0]))) != "tm" {
+		return nil, false
+	}
+	if !(contains(matrix.TMDrivers(), mad) && contains(Actions, action)) && !(contains(matrix.RestoreDrivers(), mad) && action == "restore") {
 		return nil, false
 	}
 	return append([]string{"tm", mad, action}, argv[1:]...), true
@@ -104,6 +114,9 @@ func Main(tmMad, action string, args []string, stdin io.Reader, stderr io.Writer
 }
 
 func run(ctx context.Context, tmMad, action string, args []string, stdin io.Reader, stderr io.Writer) error {
+	if action == "restore" {
+		return restoreInPlace(ctx, tmMad, args, stderr)
+	}
 	if !contains(matrix.TMDrivers(), tmMad) {
 		return fmt.Errorf("TM driver %q: host-side backups are served for %v only", tmMad, matrix.TMDrivers())
 	}

@@ -28,6 +28,7 @@ type Config struct {
 	PruneMaxRepack string
 	PruneMaxUnused string
 	TmpDir         string // parent of temporary directories of downloads and flattens (frontend)
+	Sparsify       bool   // RESTIC_SPARSIFY: virt-sparsify merged images in increment_flatten
 	Confine        backend.Confinement
 	ForwardAgent   bool // forward the frontend's ssh agent to the VM host for uploads
 }
@@ -92,6 +93,9 @@ func parseConfig(ds *one.Datastore) (*Config, error) {
 			return nil, fmt.Errorf("invalid RESTIC_MAXPROC %q: expected a positive integer", v)
 		}
 		c.MaxProc = n
+	}
+	if c.Sparsify, err = backend.ParseSparsify(ds, "RESTIC"); err != nil {
+		return nil, err
 	}
 	switch v := strings.ToLower(ds.Attr("RESTIC_COMPRESSION")); v {
 	case "", "auto":

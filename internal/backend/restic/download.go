@@ -57,6 +57,26 @@ func diskFile(sn snapshot, idx string) (string, error) {
 	return found[0], nil
 }
 
+// ChainFiles implements backend.ChainLister.
+func (s *Store) ChainFiles(ctx context.Context, u chain.URL, loc backend.Location) ([]backend.StoredFile, error) {
+	snaps, err := s.chainSnapshots(ctx, loc, u.Chain)
+	if err != nil {
+		return nil, err
+	}
+	if !slices.Contains(snaps[len(snaps)-1].Paths, u.Path) {
+		return nil, fmt.Errorf("%s is not a file of backup %s", u.Path, snaps[len(snaps)-1].short())
+	}
+	var out []backend.StoredFile
+	for _, sn := range snaps {
+		f, err := diskFile(sn, u.DiskIndex())
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, backend.StoredFile{Snap: sn.short(), Path: f})
+	}
+	return out, nil
+}
+
 // Stream implements backend.Downloader: dump the file of the last restore point.
 func (s *Store) Stream(ctx context.Context, u chain.URL, loc backend.Location, w *os.File) error {
 	snaps, err := s.chainSnapshots(ctx, loc, u.Chain[len(u.Chain)-1:])

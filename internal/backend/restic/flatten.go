@@ -69,6 +69,9 @@ func (s *Store) Flatten(ctx context.Context, loc backend.Location, merge chain.C
 		if err := os.Rename(merged, dst); err != nil {
 			return "", 0, err
 		}
+		if s.cfg.Sparsify {
+			s.rt.Sparsify(ctx, "RESTIC_SPARSIFY", remote.Local, dst)
+		}
 		var st syscall.Stat_t
 		if err := syscall.Stat(dst, &st); err == nil {
 			size += st.Blocks * 512

@@ -81,12 +81,8 @@ func parseConfig(ds *one.Datastore) (*Config, error) {
 			return nil, err
 		}
 	}
-	switch v := strings.ToLower(ds.Attr("RSYNC_SPARSIFY")); v {
-	case "", "no":
-	case "yes":
-		c.Sparsify = true
-	default:
-		return nil, fmt.Errorf("invalid RSYNC_SPARSIFY %q: expected yes or no", ds.Attr("RSYNC_SPARSIFY"))
+	if c.Sparsify, err = backend.ParseSparsify(ds, "RSYNC"); err != nil {
+		return nil, err
 	}
 	if c.ForwardAgent, err = backend.ParseForwardAgent(ds, "RSYNC"); err != nil {
 		return nil, err

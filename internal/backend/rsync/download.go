@@ -34,6 +34,22 @@ func (s *Store) Stream(ctx context.Context, u chain.URL, loc backend.Location, w
 	return s.ReadFile(ctx, loc, u.Chain.Last().Snap, u.Path, w)
 }
 
+// ChainFiles implements backend.ChainLister.
+func (s *Store) ChainFiles(ctx context.Context, u chain.URL, loc backend.Location) ([]backend.StoredFile, error) {
+	files, err := s.chainFiles(loc, u.Chain, u.DiskIndex(), u.RBD)
+	if err != nil {
+		return nil, err
+	}
+	if files[len(files)-1] != u.Path {
+		return nil, fmt.Errorf("%s is not the file of disk %s in backup %s", u.Path, u.DiskIndex(), u.Chain.Last().Snap)
+	}
+	out := make([]backend.StoredFile, len(files))
+	for i, f := range files {
+		out[i] = backend.StoredFile{Snap: u.Chain[i].Snap, Path: f}
+	}
+	return out, nil
+}
+
 // chainFiles are the stored files of disk idx along c, oldest first: disk.<idx>.<increment id>
 // in each backup directory (legacy rbd chains: .rbd2 for the first, .<id>.rbdiff after).
 func (s *Store) chainFiles(loc backend.Location, c chain.Chain, idx string, rbd bool) ([]string, error) {

@@ -70,10 +70,7 @@ func (s *Store) fillMerged(ctx context.Context, loc backend.Location, merge chai
 			return fmt.Errorf("cannot merge disk %s of backups %v: %w", idx, merge.Snaps(), err)
 		}
 		if s.cfg.Sparsify {
-			sparsify := remote.Cmd{Target: s.target(), Argv: []string{"virt-sparsify", "-q", "--in-place", path.Join(dir, path.Base(f))}}
-			if _, err := s.rt.Run(ctx, sparsify, true); err != nil {
-				s.rt.Log.Warnf("RSYNC_SPARSIFY: virt-sparsify failed on %s, keeping the image as merged: %v", s.target(), err)
-			}
+			s.rt.Sparsify(ctx, "RSYNC_SPARSIFY", s.target(), path.Join(dir, path.Base(f)))
 		}
 	}
 	cp := remote.Cmd{Target: s.target(), Argv: append(append([]string{"cp", "--"}, docs...), dir+"/")}
