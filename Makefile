@@ -17,7 +17,7 @@ RESTIC    ?= $(CURDIR)/.cache/bin/restic
 RESTIC_ACTIONS := backup backup_cancel rm stat monitor ls restore increment_flatten cp clone mkfs snap_delete snap_revert snap_flatten
 RSYNC_ACTIONS  := backup backup_cancel rm stat monitor ls restore increment_flatten cp clone mkfs snap_delete snap_revert snap_flatten export
 
-.PHONY: all build build-host test unit demo install deps deps-kvm deps-lxc deps-s3 bench clean
+.PHONY: all build build-host test unit fuzz demo install deps deps-kvm deps-lxc deps-s3 bench clean
 
 all: build
 
@@ -51,6 +51,16 @@ unit:
 
 test: deps deps-kvm deps-lxc deps-s3 build build-host
 	$(GO) test -tags $(GOTAGS) -count=1 -timeout 40m ./...
+	$(MAKE) fuzz FUZZTIME=5s
+
+# Every Fuzz target (parsers of what oned, URLs, RSYNC_ARGS and the host wire bring in) for
+# FUZZTIME each, from its seed corpus in testdata/fuzz/; make test runs a short pass.
+FUZZTIME ?= 1m
+fuzz:
+	@set -e; grep -rEo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]+' internal cmd | sed 's/:func /:/' | \
+	while IFS=: read -r file fn; do echo "fuzz $$fn ($$(dirname $$file)) for $(FUZZTIME)"; \
+	  $(GO) test -tags $(GOTAGS) -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) ./$$(dirname $$file) >/dev/null || \
+	  { $(GO) test -tags $(GOTAGS) -run "^$$fn$$" ./$$(dirname $$file); exit 1; }; done
 
 demo: deps build
 	test/demo.sh

@@ -550,3 +550,42 @@ func checkSplit(t *testing.T, onHost, onBridge string) {
 		}
 	}
 }
+
+// TestCephInPlaceRestore: `onevm restore` of a powered-off VM on Ceph puts the disk's image back
+// as it was at the chosen increment: a new image is written, renamed over the old one, and the
+// old one goes with its snapshots; the next backup starts a chain.
+func TestCephInPlaceRestore(t *testing.T) {
+	env := needKVM(t)
+	needCeph(t)
+	vid, dsID, imgID := 712, 481, 45
+	base := resetDS(t, dsID)
+	ds := resticDS(dsID, nil)
+	vm := cephVM(t, env, vid, 64)
+	name := vm.disk(0).rbd
+	cfg := bcfg{mode: "INCREMENT", tmMad: "ceph", disks: "0"}
+	var chain []inc
+	var exports []string
+	for k := 0; k < 2; k++ {
+		cfg.li = k - 1
+		chain = append(chain, inc{k, vm.backupRound(t, ds, cfg)})
+		exports = append(exports, ceph.export(t, fmt.Sprintf("%s@one_backup_%d", name, k), filepath.Join(vm.tmp, fmt.Sprintf("export.%d", k))))
+		cephWrites(t, vm, k)
+	}
+	oned := restoreOned(t, vm.xml(cfg), imgID, imageXML(imgID, vid, "", chain, ""), dsID, ds)
+	if r := env.tm(t, "ceph", "restore", restoreArgs("hv1", vm, imgID, 0, -1), nil, oned...); r.code != 0 {
+		t.Fatalf("restore: exit %d: %s", r.code, r.stderr)
+	}
+	sameDisk(t, ceph.export(t, name, filepath.Join(vm.tmp, "restored.raw")), exports[0], "the restored image")
+	vm.checkAnchors(t, 0)
+	if images := ceph.rbdCmd(t, "ls", ceph.pool); strings.Contains(images, "restore") {
+		t.Errorf("the restore left images: %s", images)
+	}
+	vm.checkNoRestoreLeft(t)
+	// The shadow follows the restore; the next backup starts a chain and restores.
+	run(t, "cp", "--sparse=always", exports[0], vm.disk(0).shadow)
+	want := vm.expect(t, "after")
+	cfg.li = -1
+	id := vm.backupRound(t, ds, cfg)
+	url := cephURL(vm, dsID, base, []inc{{0, id}}, 0, 0)
+	sameDisk(t, h.download(t, "restic", url, onedWithDatastores(t, map[int]string{dsID: ds})), want[0], url)
+}

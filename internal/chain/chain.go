@@ -121,6 +121,11 @@ func Parse(s string) (Chain, error) {
 		if !ok || err != nil || n < 0 || snap == "" || strings.TrimLeft(id, "0123456789") != "" {
 			return nil, fmt.Errorf("invalid chain item %q: expected <increment_id>:<snapshot>", part)
 		}
+		// A chain is applied in the order written: an increment listed after a later one (or
+		// twice) would rebuild a disk that never existed.
+		if len(c) > 0 && n <= c[len(c)-1].ID {
+			return nil, fmt.Errorf("invalid chain %q: increment %d follows increment %d", s, n, c[len(c)-1].ID)
+		}
 		c = append(c, Item{ID: n, Snap: snap})
 	}
 	return c, nil

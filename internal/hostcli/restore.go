@@ -4,7 +4,6 @@ import (
 	"archive/tar"
 	"compress/gzip"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +11,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -21,6 +21,9 @@ import (
 
 	"onebackup/internal/hostjob"
 	"onebackup/internal/hostwire"
+	"onebackup/internal/matrix"
+	"onebackup/internal/one"
+	"onebackup/internal/storage"
 )
 
 // In-place restore on the VM's host (TM restore of file system datastores), in three steps the
@@ -41,13 +44,13 @@ import (
 const restoreArea = "restore.tmp"
 
 // restoreTemp marks the files and directories apply creates next to a disk before the swap.
-const restoreTemp = ".onebackup-restore"
+const restoreTemp = storage.RestoreTempSuffix
 
 var pieceName = regexp.MustCompile(`^(disk\.[0-9]+/[0-9]+|tpm)$`)
 
 type restoreOptions struct {
-	vmDir, name, disks string
-	tpm                bool
+	vmDir, name, disks, tmMad string
+	tpm                       bool
 }
 
 func restoreCommands() []*cobra.Command {
@@ -80,14 +83,17 @@ func restoreCommands() []*cobra.Command {
 	apply := mk("restore-apply", "Merge the received files into new disk images and swap them in", runApply)
 	apply.Flags().StringVar(&o.disks, "disks", "", "disk ids to restore, colon separated")
 	apply.Flags().BoolVar(&o.tpm, "tpm", false, "restore the vTPM state too")
+	apply.Flags().StringVar(&o.tmMad, "tm-mad", "", "system datastore TM_MAD (which storage side restores each disk)")
+	apply.MarkFlagRequired("tm-mad")
 	abort := mk("restore-abort", "Remove what an in-place restore left", func(ctx context.Context, o *restoreOptions) error {
 		return abortRestore(o.vmDir)
 	})
 	return []*cobra.Command{begin, receive, apply, abort}
 }
 
-// abortRestore removes the receiving area and any new image or directory apply left next to the
-// disks (names carry restoreTemp, so nothing else matches).
+// abortRestore removes the receiving area and any new file or directory apply left next to the
+// file disks (names carry restoreTemp, so nothing else matches; an RBD image apply created is
+// removed by its Discard).
 func abortRestore(vmDir string) error {
 	errs := []error{os.RemoveAll(filepath.Join(vmDir, restoreArea))}
 	for _, pat := range []string{"*" + restoreTemp + "*", "disk.*.snap/*" + restoreTemp + "*"} {
@@ -131,29 +137,32 @@ func runReceive(ctx context.Context, o *restoreOptions) (err error) {
 	return ctx.Err()
 }
 
-// newImage is a merged disk ready to be swapped in.
-type newImage struct {
-	id       int
-	link     string // <VM dir>/disk.<id>
-	target   string // the file the VM's disk resolves to, replaced
-	tmp      string // the new image, next to target
-	snapsDir string // <VM dir>/disk.<id>.snap when target lives in it ("" otherwise)
-}
-
 func runApply(ctx context.Context, o *restoreOptions) error {
 	var ids []int
-	for _, s := range strings.Split(o.disks, ":") {
-		if s == "" {
+	for _, v := range strings.Split(o.disks, ":") {
+		if v == "" {
 			continue
 		}
-		n, err := strconv.Atoi(s)
+		n, err := strconv.Atoi(v)
 		if err != nil || n < 0 {
-			return fmt.Errorf("invalid disk id %q in %q", s, o.disks)
+			return fmt.Errorf("invalid disk id %q in %q", v, o.disks)
 		}
 		ids = append(ids, n)
 	}
 	if len(ids) == 0 && !o.tpm {
 		return errors.New("nothing to restore (--disks is empty)")
+	}
+	doc, err := (&options{}).readVMXML()
+	if err != nil {
+		return err
+	}
+	vmID, err := doc.vm.ID()
+	if err != nil {
+		return err
+	}
+	disks, err := doc.vm.Disks()
+	if err != nil {
+		return err
 	}
 	unlock, err := lockVM(ctx, o.vmDir)
 	if err != nil {
@@ -162,17 +171,26 @@ func runApply(ctx context.Context, o *restoreOptions) error {
 	defer unlock()
 	area := filepath.Join(o.vmDir, restoreArea)
 	log := logger{os.Stderr}
-	var imgs []*newImage
+	var ready []storage.Restored
 	fail := func(err error) error {
+		for _, r := range ready {
+			if r != nil {
+				r.Discard()
+			}
+		}
 		abortRestore(o.vmDir)
 		return err
 	}
 	for _, id := range ids {
-		img, err := mergeDisk(ctx, o.vmDir, id)
+		i := slices.IndexFunc(disks, func(d one.Disk) bool { return d.ID == id })
+		if i < 0 {
+			return fail(fmt.Errorf("disk %d is not in the VM template", id))
+		}
+		r, err := prepareDisk(ctx, o, vmID, disks[i])
 		if err != nil {
 			return fail(fmt.Errorf("disk %d: %w", id, err))
 		}
-		imgs = append(imgs, img)
+		ready = append(ready, r)
 	}
 	var tpmNew string
 	if o.tpm {
@@ -181,15 +199,16 @@ func runApply(ctx context.Context, o *restoreOptions) error {
 			return fail(fmt.Errorf("vTPM state: %w", err))
 		}
 	}
-	// Everything is ready: swap. Renames only, each atomic; a cancel no longer stops them.
-	for _, img := range imgs {
-		if err := swapIn(img); err != nil {
-			return fail(fmt.Errorf("disk %d: %w", img.id, err))
+	// Everything is ready: swap (renames, each atomic). A cancel no longer stops them.
+	for i, r := range ready {
+		if err := r.Swap(); err != nil {
+			return fail(fmt.Errorf("disk %d: %w", ids[i], err))
 		}
-		log.Infof("disk %d restored in place (%s)", img.id, img.target)
+		ready[i] = nil
+		log.Infof("disk %d restored in place (%s)", ids[i], r)
 	}
 	if tpmNew != "" {
-		if err := swapDir(filepath.Join(tpmNew, "tpm"), filepath.Join(o.vmDir, "tpm")); err != nil {
+		if err := storage.SwapDir(filepath.Join(tpmNew, "tpm"), filepath.Join(o.vmDir, "tpm")); err != nil {
 			return fail(fmt.Errorf("vTPM state: %w", err))
 		}
 		log.Infof("vTPM state restored")
@@ -197,11 +216,23 @@ func runApply(ctx context.Context, o *restoreOptions) error {
 	return abortRestore(o.vmDir)
 }
 
-// mergeDisk rebuilds disk id's image at the restore point from the received files (a full and
-// the increments up to it) as a new standalone image in the disk's own format, next to the file
-// the disk resolves to.
-func mergeDisk(ctx context.Context, vmDir string, id int) (*newImage, error) {
-	dir := filepath.Join(vmDir, restoreArea, fmt.Sprintf("disk.%d", id))
+// prepareDisk chains the received files of one disk (a full and the increments up to the point;
+// stored increments name no usable backing file) and has the disk's storage side write the
+// restored content next to the disk, without touching it yet.
+func prepareDisk(ctx context.Context, o *restoreOptions, vmID int, d one.Disk) (storage.Restored, error) {
+	kind, err := matrix.StorageOf(o.tmMad, d.Format, d.LVMThin)
+	if err != nil {
+		return nil, err
+	}
+	st, err := storage.Get(kind.Side())
+	if err != nil {
+		return nil, err
+	}
+	rs, ok := st.(storage.Restorer)
+	if !ok {
+		return nil, fmt.Errorf("the %s storage side does not restore in place", kind.Side())
+	}
+	dir := filepath.Join(o.vmDir, restoreArea, fmt.Sprintf("disk.%d", d.ID))
 	entries, err := os.ReadDir(dir)
 	if err != nil || len(entries) == 0 {
 		return nil, fmt.Errorf("no backup files were received for it")
@@ -215,97 +246,16 @@ func mergeDisk(ctx context.Context, vmDir string, id int) (*newImage, error) {
 		points = append(points, n)
 	}
 	sort.Ints(points)
-	img := &newImage{id: id, link: filepath.Join(vmDir, fmt.Sprintf("disk.%d", id))}
-	if img.target, err = filepath.EvalSymlinks(img.link); err != nil {
-		return nil, fmt.Errorf("the VM's disk %s cannot be found: %w", img.link, err)
-	}
-	if snaps := img.link + ".snap"; filepath.Dir(img.target) == snaps {
-		img.snapsDir = snaps
-	}
-	format, err := imageFormat(ctx, img.target)
-	if err != nil {
-		return nil, err
-	}
 	files := make([]string, len(points))
 	for i, n := range points {
 		files[i] = filepath.Join(dir, strconv.Itoa(n))
 		if i > 0 {
-			// Stored increments name no (or a meaningless) backing file: chain them here.
 			if _, err := hostjob.Run(ctx, nil, "qemu-img", "rebase", "-q", "-u", "-F", "qcow2", "-b", files[i-1], files[i]); err != nil {
 				return nil, err
 			}
 		}
 	}
-	img.tmp = filepath.Join(filepath.Dir(img.target), "."+filepath.Base(img.target)+restoreTemp)
-	if _, err := hostjob.Run(ctx, nil, "qemu-img", "convert", "-q", "-f", "qcow2", "-O", format, files[len(files)-1], img.tmp); err != nil {
-		os.Remove(img.tmp)
-		return nil, err
-	}
-	return img, nil
-}
-
-func imageFormat(ctx context.Context, file string) (string, error) {
-	out, err := hostjob.Run(ctx, nil, "qemu-img", "info", "-U", "--output=json", file)
-	if err != nil {
-		return "", err
-	}
-	var info struct {
-		Format string `json:"format"`
-	}
-	if err := json.Unmarshal(out, &info); err != nil {
-		return "", fmt.Errorf("qemu-img info %s: %w", file, err)
-	}
-	switch info.Format {
-	case "qcow2", "raw":
-		return info.Format, nil
-	}
-	return "", fmt.Errorf("%s is a %s image: only qcow2 and raw disks are restored in place", file, info.Format)
-}
-
-// swapIn puts a merged image in place of the disk. A disk laid out as OpenNebula's qcow2 driver
-// does (disk.<id> → disk.<id>.snap/<n>, snapshots as layers below) gets a fresh disk.<id>.snap
-// holding only 0 (the restored image) and its self link, as after a new deployment: the old
-// layers belong to a state the VM no longer has. Any other disk file is replaced by rename.
-func swapIn(img *newImage) error {
-	if img.snapsDir == "" {
-		return os.Rename(img.tmp, img.target)
-	}
-	fresh := img.snapsDir + restoreTemp
-	os.RemoveAll(fresh)
-	if err := os.Mkdir(fresh, 0o755); err != nil {
-		return err
-	}
-	if err := os.Rename(img.tmp, filepath.Join(fresh, "0")); err != nil {
-		return err
-	}
-	if err := os.Symlink(".", filepath.Join(fresh, filepath.Base(img.snapsDir))); err != nil {
-		return err
-	}
-	if err := swapDir(fresh, img.snapsDir); err != nil {
-		return err
-	}
-	link := img.link + restoreTemp
-	os.Remove(link)
-	if err := os.Symlink(filepath.Base(img.snapsDir)+"/0", link); err != nil {
-		return err
-	}
-	return os.Rename(link, img.link)
-}
-
-// swapDir replaces directory dst by src (the old one is removed once the new one is in place).
-func swapDir(src, dst string) error {
-	old := dst + restoreTemp + ".old"
-	os.RemoveAll(old)
-	if _, err := os.Lstat(dst); err == nil {
-		if err := os.Rename(dst, old); err != nil {
-			return err
-		}
-	}
-	if err := os.Rename(src, dst); err != nil {
-		os.Rename(old, dst)
-		return err
-	}
-	return os.RemoveAll(old)
+	return rs.PrepareRestore(ctx, storage.RestoreTarget{VMID: vmID, VMDir: o.vmDir, Disk: d, Top: files[len(files)-1], Log: logger{os.Stderr}})
 }
 
 // untarTPM extracts disk.tpm.0 (a tar.gz whose members start with "tpm/") into dir/tpm.

@@ -32,3 +32,22 @@ func TestFramedRoundTrip(t *testing.T) {
 		t.Error("wrong total accepted")
 	}
 }
+
+// FuzzCopyFramed: any byte stream is copied or refused; what is accepted as complete carries
+// exactly the bytes its end marker announces.
+func FuzzCopyFramed(f *testing.F) {
+	var ok bytes.Buffer
+	fw := NewFrameWriter(&ok)
+	fw.Write([]byte("some image bytes"))
+	fw.Close()
+	f.Add(ok.Bytes())
+	f.Add([]byte{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var out bytes.Buffer
+		n, err := CopyFramed(&out, bytes.NewReader(data))
+		if err == nil && int64(out.Len()) != n {
+			t.Fatalf("copied %d bytes, reported %d", out.Len(), n)
+		}
+	})
+}

@@ -126,13 +126,13 @@ const (
 var Table = []Row{
 	{Hypervisor: KVM, Storage: FileQcow2, Served: true, RestoreInPlace: true, FullLive: yes(), FullPowerOff: yes(), IncrLive: yes(), IncrPowerOff: yes(), IncrementModes: []IncrementMode{CBT, Snapshot}},
 	{Hypervisor: KVM, Storage: FileRaw, Served: true, RestoreInPlace: true, FullLive: yes(), FullPowerOff: yes(), IncrLive: no(rawFullOnly), IncrPowerOff: no(rawFullOnly)},
-	{Hypervisor: KVM, Storage: Ceph, Served: true, FullLive: yes(), FullPowerOff: yes(), IncrLive: yes(), IncrPowerOff: yes()},
+	{Hypervisor: KVM, Storage: Ceph, Served: true, RestoreInPlace: true, FullLive: yes(), FullPowerOff: yes(), IncrLive: yes(), IncrPowerOff: yes()},
 	{Hypervisor: KVM, Storage: LVMThin, FullLive: yes(), FullPowerOff: yes(), IncrLive: no("LVM thin supports full backups only"), IncrPowerOff: no("LVM thin supports full backups only")},
 	{Hypervisor: KVM, Storage: LVMThick, FullLive: no(thickFullOnly), FullPowerOff: yes(), IncrLive: no(thickFullOnly), IncrPowerOff: no(thickFullOnly)},
 	{Hypervisor: KVM, Storage: LVMShared, FullLive: no(lvmShared), FullPowerOff: no(lvmShared), IncrLive: no(lvmShared), IncrPowerOff: no(lvmShared)},
 	{Hypervisor: LXC, Storage: FileQcow2, Served: true, RestoreInPlace: true, FullLive: no(lxcLive), FullPowerOff: yes(), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr)},
 	{Hypervisor: LXC, Storage: FileRaw, Served: true, RestoreInPlace: true, FullLive: no(lxcLive), FullPowerOff: yes(), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr)},
-	{Hypervisor: LXC, Storage: Ceph, Served: true, FullLive: no(lxcLive), FullPowerOff: yes(), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr)},
+	{Hypervisor: LXC, Storage: Ceph, Served: true, RestoreInPlace: true, FullLive: no(lxcLive), FullPowerOff: yes(), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr)},
 	{Hypervisor: LXC, Storage: LVMThin, FullLive: yes(), FullPowerOff: yes(), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr), FreezeNoneOnly: true},
 	{Hypervisor: LXC, Storage: LVMThick, FullLive: no("LXC on thick LVM: no backup support"), FullPowerOff: no("LXC on thick LVM: no backup support"), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr)},
 }

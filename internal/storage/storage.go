@@ -8,10 +8,12 @@ package storage
 import (
 	"context"
 	"fmt"
+	"os"
 
 	"onebackup/internal/hostjob"
 	"onebackup/internal/hypervisor"
 	"onebackup/internal/matrix"
+	"onebackup/internal/one"
 )
 
 // Storage is the storage side of a matrix row. Every method gets the row's hypervisor side:
@@ -61,4 +63,49 @@ type Bridged interface {
 	Point(ctx context.Context, j *hostjob.Job, hv hypervisor.Hypervisor) error
 	// Export writes disk.<id>.<BID> files into j.BackupDir from the point Point fixed.
 	Export(ctx context.Context, j *hostjob.Job) error
+}
+
+// RestoreTarget is one disk of an in-place restore (onevm restore): Top is the restored content,
+// a local qcow2 whose backing chain (the full and the increments up to the point) is set.
+type RestoreTarget struct {
+	VMID  int
+	VMDir string
+	Disk  one.Disk
+	Top   string
+	Log   hostjob.Logger
+}
+
+// Restorer is a storage side that restores disks in place.
+type Restorer interface {
+	// PrepareRestore writes the disk's content at the restore point next to the disk, in the
+	// disk's own format, without touching the disk.
+	PrepareRestore(ctx context.Context, t RestoreTarget) (Restored, error)
+}
+
+// Restored is a disk's restored content, ready: Swap puts it in place of the disk (quickly,
+// atomically where the storage allows), Discard drops it and leaves the disk as it was.
+type Restored interface {
+	Swap() error
+	Discard()
+	String() string // what is replaced, for the log
+}
+
+// RestoreTempSuffix marks what a restore creates next to the disks before the swap, so that a
+// restore killed half-way can find and remove exactly that.
+const RestoreTempSuffix = ".onebackup-restore"
+
+// SwapDir replaces directory dst by src (the old one is removed once the new one is in place).
+func SwapDir(src, dst string) error {
+	old := dst + RestoreTempSuffix + ".old"
+	os.RemoveAll(old)
+	if _, err := os.Lstat(dst); err == nil {
+		if err := os.Rename(dst, old); err != nil {
+			return err
+		}
+	}
+	if err := os.Rename(src, dst); err != nil {
+		os.Rename(old, dst)
+		return err
+	}
+	return os.RemoveAll(old)
 }

@@ -136,8 +136,12 @@ func restoreInPlace(ctx context.Context, tmMad string, args []string, stderr io.
 		if err != nil {
 			return fmt.Errorf("disk %d: %w", d.ID, err)
 		}
-		if kind.Side() != matrix.SideFile {
-			return fmt.Errorf("disk %d is a %s disk: its in-place restore is not served by these drivers", d.ID, kind)
+		hv := matrix.Hypervisor(vm.Hypervisor())
+		if hv == "" {
+			hv = matrix.KVM
+		}
+		if row, ok := matrix.Lookup(hv, kind); !ok || !row.RestoreInPlace {
+			return fmt.Errorf("disk %d is a %s disk of a %s VM: its in-place restore is not served by these drivers", d.ID, kind, hv)
 		}
 		selected = append(selected, d.ID)
 	}
@@ -164,11 +168,15 @@ func restoreInPlace(ctx context.Context, tmMad string, args []string, stderr io.
 	}
 	err = r.transfer(selected, urls, withTPM)
 	if err == nil {
-		argv := []string{"restore-apply", "--disks", joinInts(selected)}
+		argv := []string{"restore-apply", "--disks", joinInts(selected), "--tm-mad", tmMad}
 		if withTPM {
 			argv = append(argv, "--tpm")
 		}
+		// Through the agent: the VM XML travels in the environment, and a stopped restore
+		// gets time to drop what it prepared.
+		r.env = map[string]string{hostwire.VMXMLEnv: hostwire.EncodeVMXML([]byte(vmXML))}
 		err = r.host1(argv...)
+		r.env = nil
 	}
 	if err != nil {
 		// Whatever failed or was cancelled, the VM's disks are still the originals: remove the
@@ -204,13 +212,18 @@ type restorer struct {
 	stderr      io.Writer
 	open        backend.Opener
 	lookup      backend.DatastoreLookup
+	env         map[string]string // for the next host1 (run through the agent when set)
 }
 
 // host1 runs one step of the host side.
 func (r *restorer) host1(argv ...string) error {
 	full := append([]string{hostwire.HostBinary(), "host"}, argv[0], "--vm-dir", r.vmDir)
 	full = append(full, argv[1:]...)
-	res, err := r.rt.Runner.Run(r.ctx, remote.Cmd{Target: remote.Target{Host: r.host}, Argv: full})
+	cmd := remote.Cmd{Target: remote.Target{Host: r.host}, Argv: full, Env: r.env}
+	if r.env != nil {
+		cmd.StopGrace = hostStopGrace
+	}
+	res, err := r.rt.Runner.Run(r.ctx, cmd)
 	if res != nil && len(res.Stderr) > 0 {
 		r.stderr.Write(res.Stderr)
 	}
@@ -225,7 +238,7 @@ func (r *restorer) transfer(disks []int, urls map[string]string, tpm bool) error
 			return err
 		}
 		if u.RBD {
-			return fmt.Errorf("disk %d was backed up in rbd format (a Ceph chain): it cannot be restored into a file", id)
+			return fmt.Errorf("disk %d was backed up in the legacy rbd format (.rbd2 + .rbdiff): restore it as new images (oneimage restore) instead", id)
 		}
 		lister, ok := store.(backend.ChainLister)
 		if !ok {
