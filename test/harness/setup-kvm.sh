@@ -30,4 +30,15 @@ if getent passwd oneadmin >/dev/null; then
     fi
   done
 fi
+
+# go-ceph is built for the Ceph release whose librbd is installed, named by a build tag (Debian
+# 12: Pacific). The Makefile passes it; recording it in the Go environment of the user running
+# this script lets plain `go build ./...`, `go vet ./...` and `go test ./...` work as well.
+GO=$(command -v go || echo /usr/local/go/bin/go)
+if [[ -x $GO ]] && dpkg-query -W -f='${Version}' librbd-dev 2>/dev/null | grep -q '^16\.'; then
+  case " $("$GO" env GOFLAGS) " in
+    *-tags=pacific*) ;;
+    *) "$GO" env -w GOFLAGS="$("$GO" env GOFLAGS) -tags=pacific" && log "go env GOFLAGS: -tags=pacific (Ceph 16 librbd)" ;;
+  esac
+fi
 log "done"
