@@ -61,9 +61,16 @@ func (vm *testVM) checkNoRestoreLeft(t *testing.T) {
 
 func TestInPlaceRestore(t *testing.T) {
 	env := needKVM(t)
-	for i, c := range []struct{ store, mad, host string }{{"restic", "qcow2", "hv1"}, {"rsync", "ssh", "hv2"}} {
+	// Both backends with both drivers; the ssh driver's VM is restored onto the other host.
+	for _, c := range []struct {
+		store, mad, host string
+		vid, dsID, imgID int
+	}{
+		{"restic", "qcow2", "hv1", 730, 485, 40}, {"rsync", "ssh", "hv2", 731, 486, 41},
+		{"rsync", "qcow2", "hv1", 735, 482, 46}, {"restic", "ssh", "hv2", 736, 483, 47},
+	} {
 		t.Run(c.store+"/"+c.mad, func(t *testing.T) {
-			vid, dsID, imgID := 730+i, 485+i, 40+i
+			vid, dsID, imgID := c.vid, c.dsID, c.imgID
 			base := resetDS(t, dsID)
 			ds, repo := resticDS(dsID, nil), fmt.Sprintf("%s/%d", base, vid)
 			if c.store == "rsync" {
