@@ -50,7 +50,7 @@ func TestCephHostBenchmark(t *testing.T) {
 	}
 	staged := filepath.Join(vm.dir, "backup")
 	measure := func(name string, outputs []string, argvs ...[]string) {
-		poolRead0 := cephPoolRead(t)
+		poolRead0 := osdBytesRead(t)
 		start := time.Now()
 		var peak int64
 		for _, argv := range argvs {
@@ -61,7 +61,7 @@ func TestCephHostBenchmark(t *testing.T) {
 			peak = max(peak, rss)
 		}
 		el := time.Since(start)
-		read := cephPoolRead(t) - poolRead0
+		read := osdBytesRead(t) - poolRead0
 		var out int64
 		for _, o := range outputs {
 			out += allocatedUnder(o)
@@ -155,9 +155,9 @@ func vmHWM(pid int) int64 {
 	return 0
 }
 
-// cephPoolRead is the number of bytes the OSD has served to readers so far (its op_r_out_bytes
+// osdBytesRead is the number of bytes the OSD has served to readers so far (its op_r_out_bytes
 // counter, up to date at once, unlike the pool statistics the monitors aggregate).
-func cephPoolRead(t *testing.T) int64 {
+func osdBytesRead(t *testing.T) int64 {
 	out, err := exec.Command("ceph", "-c", ceph.conf, "tell", "osd.0", "perf", "dump").Output()
 	if err != nil {
 		t.Fatal(err)

@@ -43,9 +43,6 @@ import (
 
 const restoreArea = "restore.tmp"
 
-// restoreTemp marks the files and directories apply creates next to a disk before the swap.
-const restoreTemp = storage.RestoreTempSuffix
-
 var pieceName = regexp.MustCompile(`^(disk\.[0-9]+/[0-9]+|tpm)$`)
 
 type restoreOptions struct {
@@ -92,11 +89,11 @@ func restoreCommands() []*cobra.Command {
 }
 
 // abortRestore removes the receiving area and any new file or directory apply left next to the
-// file disks (names carry restoreTemp, so nothing else matches; an RBD image apply created is
-// removed by its Discard).
+// file disks (names carry storage.RestoreTempSuffix, so nothing else matches; an RBD image
+// apply created is removed by its Discard).
 func abortRestore(vmDir string) error {
 	errs := []error{os.RemoveAll(filepath.Join(vmDir, restoreArea))}
-	for _, pat := range []string{"*" + restoreTemp + "*", "disk.*.snap/*" + restoreTemp + "*"} {
+	for _, pat := range []string{"*" + storage.RestoreTempSuffix + "*", "disk.*.snap/*" + storage.RestoreTempSuffix + "*"} {
 		left, _ := filepath.Glob(filepath.Join(vmDir, pat))
 		for _, p := range left {
 			errs = append(errs, os.RemoveAll(p))
@@ -194,7 +191,7 @@ func runApply(ctx context.Context, o *restoreOptions) error {
 	}
 	var tpmNew string
 	if o.tpm {
-		tpmNew = filepath.Join(o.vmDir, "tpm"+restoreTemp)
+		tpmNew = filepath.Join(o.vmDir, "tpm"+storage.RestoreTempSuffix)
 		if err := untarTPM(filepath.Join(area, "tpm"), tpmNew); err != nil {
 			return fail(fmt.Errorf("vTPM state: %w", err))
 		}
