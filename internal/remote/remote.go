@@ -81,7 +81,7 @@ func (e *ExitError) Error() string {
 		detail = "no error output"
 	}
 	if e.Target.Host != "" && e.Code == 255 && !strings.Contains(e.Stderr, agent.StderrPrefix) {
-		problem := sshProblem(e.Stderr)
+		problem := SSHProblem(e.Stderr)
 		if problem == "" {
 			problem = "connection failed"
 		}
@@ -96,16 +96,16 @@ func (e *ExitError) Error() string {
 		}
 		return fmt.Sprintf("%s not found on %s: %s", e.Prog, e.Target, detail)
 	}
-	if hop := sshProblem(e.Stderr); hop != "" {
+	if hop := SSHProblem(e.Stderr); hop != "" {
 		// The program's own ssh (restic's sftp, rsync's transport) to the next host failed.
 		return fmt.Sprintf("%s on %s could not connect onwards: %s: %s", e.Prog, e.Target, hop, detail)
 	}
 	return fmt.Sprintf("%s on %s exited with code %d: %s", e.Prog, e.Target, e.Code, detail)
 }
 
-// sshProblem names the usual reasons an ssh connection fails, for the operator ("" when stderr
+// SSHProblem names the usual reasons an ssh connection fails, for the operator ("" when stderr
 // shows none of them).
-func sshProblem(stderr string) string {
+func SSHProblem(stderr string) string {
 	switch {
 	case strings.Contains(stderr, "Could not resolve hostname"):
 		return "unknown host"

@@ -86,7 +86,7 @@ func (s *Store) Flatten(ctx context.Context, loc backend.Location, merge chain.C
 	c.Env["TZ"] = "UTC"
 	res, err := s.rt.Run(ctx, c, true)
 	if err != nil {
-		return "", 0, fmt.Errorf("cannot store the merged restore point: %w", s.explain(err, s.cfg.Repo(loc)))
+		return "", 0, fmt.Errorf("cannot store the merged restore point: %w", s.explain(ctx, err, s.cfg.Repo(loc)))
 	}
 	id := summaryID(res.Stdout)
 	if id == "" {

@@ -103,14 +103,17 @@ func (s *Store) retryLock(ctx context.Context) bool {
 // run runs restic on the frontend against a location's repository.
 func (s *Store) run(ctx context.Context, loc backend.Location, mutates bool, sub string, args ...string) (*remote.Result, error) {
 	res, err := s.rt.Run(ctx, s.cmd(ctx, remote.Local, s.cfg.Repo(loc), sub, args...), mutates)
-	return res, s.explain(err, s.cfg.Repo(loc))
+	return res, s.explain(ctx, err, s.cfg.Repo(loc))
 }
 
 // explain turns restic's exit codes into errors an operator can act on.
-func (s *Store) explain(err error, repo string) error {
+func (s *Store) explain(ctx context.Context, err error, repo string) error {
 	var ee *remote.ExitError
 	if err == nil || !asExit(err, &ee) {
 		return err
+	}
+	if probed := s.diagnoseSFTP(ctx, ee); probed != nil {
+		return probed
 	}
 	switch {
 	case ee.Code == exitWrongPassword || strings.Contains(ee.Stderr, "wrong password"):
@@ -119,6 +122,28 @@ func (s *Store) explain(err error, repo string) error {
 		return fmt.Errorf("repository %s stayed locked by another operation for %s: %w", repo, lockWait, err)
 	}
 	return err
+}
+
+// diagnoseSFTP finds out why restic could not start its SFTP session when restic's own output
+// does not say. restic relays its ssh child's stderr through a goroutine that may not get to run
+// before restic exits on the error, so "Could not resolve hostname" and the like are sometimes
+// lost and only "server unexpectedly closed connection" remains. One ssh run from the same place,
+// to the same server, recovers the reason; it is made only after such a failure.
+func (s *Store) diagnoseSFTP(ctx context.Context, ee *remote.ExitError) error {
+	if s.cfg.S3 != nil || !strings.Contains(ee.Stderr, "unable to start the sftp session") ||
+		remote.SSHProblem(ee.Stderr) != "" {
+		return nil
+	}
+	probe := append(s.rt.Runner.SSHArgs(remote.Target{Host: s.cfg.Server, User: s.cfg.User}, false), "true")
+	probe = append(probe[:1:1], append([]string{"-o", "ConnectTimeout=20"}, probe[1:]...)...)
+	_, perr := s.rt.Runner.Run(ctx, remote.Cmd{Target: ee.Target, Argv: probe})
+	var pe *remote.ExitError
+	if perr == nil || !asExit(perr, &pe) || remote.SSHProblem(pe.Stderr) == "" {
+		return nil
+	}
+	withCause := *ee
+	withCause.Stderr = strings.TrimRight(ee.Stderr, "\n") + "\n" + pe.Stderr
+	return &withCause
 }
 
 func asExit(err error, ee **remote.ExitError) bool { return errors.As(err, ee) }
@@ -160,7 +185,7 @@ func (s *Store) EnsureRepo(ctx context.Context, loc backend.Location) error {
 		return nil
 	}
 	if !repoMissing(err) {
-		return fmt.Errorf("cannot open repository %s: %w", repo, s.explain(err, repo))
+		return fmt.Errorf("cannot open repository %s: %w", repo, s.explain(ctx, err, repo))
 	}
 	if !s.rt.DryRun {
 		s.rt.Log.Infof("creating restic repository %s", repo)
@@ -255,7 +280,7 @@ func (s *Store) ReadFile(ctx context.Context, loc backend.Location, snap, file s
 	c := s.cmd(ctx, remote.Local, s.cfg.Repo(loc), "dump", "--quiet", snap, file)
 	c.Stdout = w
 	if _, err := s.rt.Run(ctx, c, false); err != nil {
-		return fmt.Errorf("cannot read %s from snapshot %s: %w", file, snap, s.explain(err, s.cfg.Repo(loc)))
+		return fmt.Errorf("cannot read %s from snapshot %s: %w", file, snap, s.explain(ctx, err, s.cfg.Repo(loc)))
 	}
 	return nil
 }
