@@ -17,7 +17,7 @@ RESTIC    ?= $(CURDIR)/.cache/bin/restic
 RESTIC_ACTIONS := backup backup_cancel rm stat monitor ls restore increment_flatten cp clone mkfs snap_delete snap_revert snap_flatten
 RSYNC_ACTIONS  := backup backup_cancel rm stat monitor ls restore increment_flatten cp clone mkfs snap_delete snap_revert snap_flatten export
 
-.PHONY: all build build-host test unit fuzz demo install deps deps-kvm deps-lxc deps-s3 bench clean
+.PHONY: all build build-host test unit fuzz demo install deps deps-kvm deps-lxc deps-s3 deps-lvm bench clean
 
 all: build
 
@@ -44,12 +44,16 @@ deps-s3:
 	test/harness/setup-ceph.sh
 	test/harness/setup-versitygw.sh
 
+# lvm2 and thin-provisioning-tools for the LVM tests (real lvs and thin_delta output).
+deps-lvm:
+	test/harness/setup-lvm.sh
+
 # Unit tests of every package that builds without cgo libraries (libvirt-dev, Ceph): the
 # hypervisor sides that link them and the host binary are left to `make test`.
 unit:
 	$(GO) test $$($(GO) list -f '{{.ImportPath}} {{join .Deps " "}}' ./internal/... ./cmd/... | awk '!/libvirt\.org|github\.com\/ceph/ {print $$1}')
 
-test: deps deps-kvm deps-lxc deps-s3 build build-host
+test: deps deps-kvm deps-lxc deps-s3 deps-lvm build build-host
 	$(GO) test -tags $(GOTAGS) -count=1 -timeout 40m ./...
 	$(MAKE) fuzz FUZZTIME=5s
 

@@ -13,6 +13,7 @@ import (
 	_ "onebackup/internal/hypervisor/kvm"
 	_ "onebackup/internal/hypervisor/lxc"
 	_ "onebackup/internal/storage/file"
+	_ "onebackup/internal/storage/lvm"
 	_ "onebackup/internal/storage/rbd"
 )
 

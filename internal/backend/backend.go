@@ -71,6 +71,9 @@ type Upload struct {
 	Result func() (id string, size int64, err error)
 	// Cleanup removes what a failed or cancelled upload left at the destination.
 	Cleanup func(ctx context.Context) error
+	// Explain, when set, turns the failure of Cmd into what the operator needs to know (who
+	// holds a lock, why a connection failed).
+	Explain func(ctx context.Context, err error) error
 }
 
 // Runtime is how actions run: the runner, the dry-run switch and the log.

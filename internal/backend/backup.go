@@ -150,6 +150,9 @@ func RunBackup(ctx context.Context, rt *Runtime, open Opener, msg *one.Message, 
 	if up.Cleanup != nil {
 		cleanupErr = errors.Join(cleanupErr, up.Cleanup(cctx))
 	}
+	if ctx.Err() == nil && up.Explain != nil {
+		err = up.Explain(cctx, err)
+	}
 	if ctx.Err() != nil {
 		err = ErrCancelled
 	} else if explained := explainOwnCredentials(err, cleanupErr, up, store.Backend()); explained != nil {

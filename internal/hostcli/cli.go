@@ -87,6 +87,7 @@ func command(name, short string, fn func(context.Context, *options) error) *cobr
 	f.StringVar(&o.backupDir, "backup-dir", "", "staging directory (default <VM dir>/backup; <BACKUP_BASE_PATH>/<vid>/backup)")
 	f.StringVar(&o.tmMad, "tm-mad", "", "system datastore TM_MAD (default HISTORY/TM_MAD)")
 	f.StringVar(&o.phase, "phase", "", "run one phase of a backup whose export runs on a bridge host: point (on the VM's host) or export (on the bridge)")
+	f.StringSliceVar(&o.optIns, "opt-in", nil, "backup datastore attributes set to YES that enable opt-in matrix cells ("+matrix.LVMThinIncrements+")")
 	f.StringVar(&o.chainFmt, "chain-format", "", "FORMAT of the image of the chain being continued (rbd: a legacy Ceph chain, continued with .rbdiff files)")
 	f.BoolVar(&o.live, "live", false, "live backup (default: from LCM_STATE 69)")
 	f.BoolVar(&o.poweroff, "poweroff", false, "power-off backup (default: from LCM_STATE)")

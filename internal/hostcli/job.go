@@ -26,6 +26,7 @@ type options struct {
 	backupDir string
 	tmMad     string
 	chainFmt  string
+	optIns    []string // datastore attributes enabling opt-in matrix cells
 	phase     string
 	live      bool
 	poweroff  bool
@@ -163,6 +164,12 @@ func (o *options) buildJob(ctx context.Context, doc *vmDoc, log hostjob.Logger) 
 	if err != nil {
 		return nil, err
 	}
+	j.SystemDS, _ = strconv.Atoi(vm.History("DS_ID"))
+	if vm.History("DS_ID") == "" {
+		j.SystemDS = -1
+	}
+	j.LVMDS = one.FirstLVMDatastore(disks)
+	j.SystemTM = tm
 	var reqs []matrix.Request
 	for _, od := range disks {
 		if !want[od.ID] {
@@ -190,7 +197,8 @@ func (o *options) buildJob(ctx context.Context, doc *vmDoc, log hostjob.Logger) 
 		d.Kind = kind
 		j.Disks = append(j.Disks, d)
 		reqs = append(reqs, matrix.Request{Hypervisor: hv, Storage: kind, Incremental: cfg.Incremental(), Live: live,
-			IncrementMode: matrix.IncrementMode(cfg.IncrementMode), FSFreeze: j.FSFreeze, Interactive: cfg.Interactive})
+			IncrementMode: matrix.IncrementMode(cfg.IncrementMode), FSFreeze: j.FSFreeze, Interactive: cfg.Interactive,
+			OptIns: o.optIns})
 	}
 	for id := range want {
 		// W-17: never a partial backup.

@@ -77,8 +77,14 @@ func TestBuildJobMatrixErrors(t *testing.T) {
 	if _, err := job(t, "FULL", "kvm", "", options{}); err == nil {
 		t.Error("empty disk list accepted")
 	}
-	if _, err := job(t, "FULL", "kvm", "0", options{tmMad: "lvm"}); err == nil || !strings.Contains(err.Error(), "not served") {
-		t.Errorf("LVM thin row (not served yet): %v", err)
+	if _, err := job(t, "FULL", "kvm", "0", options{tmMad: "lvm"}); err != nil {
+		t.Errorf("LVM thin full: %v", err)
+	}
+	if _, err := job(t, "INCREMENT", "kvm", "0", options{tmMad: "lvm"}); err == nil || !strings.Contains(err.Error(), "LVM_THIN_INCREMENTS=YES") {
+		t.Errorf("LVM thin increment without the datastore's opt-in: %v", err)
+	}
+	if _, err := job(t, "INCREMENT", "kvm", "0", options{tmMad: "lvm", optIns: []string{"LVM_THIN_INCREMENTS"}}); err != nil {
+		t.Errorf("LVM thin increment with the opt-in: %v", err)
 	}
 	if _, err := job(t, "FULL", "kvm", "0", options{tmMad: "ceph"}); err != nil {
 		t.Errorf("ceph row: %v", err)

@@ -5,6 +5,9 @@
 package hostjob
 
 import (
+	"fmt"
+	"path/filepath"
+
 	"onebackup/internal/matrix"
 	"onebackup/internal/one"
 )
@@ -38,6 +41,11 @@ type Job struct {
 	// for a Ceph chain OpenNebula ≤ 7.0 started as .rbd2 + .rbdiff files, which goes on in
 	// that format; "" or "raw" for qcow2 chains.
 	ChainFormat string
+	// SystemDS is the VM's system datastore id (where fs_lvm_ssh keeps the VM's LVs); LVMDS the
+	// image datastore of the VM's first disk on the thin-only lvm driver, where that driver
+	// keeps the VM's volatile disks (-1: none).
+	SystemDS, LVMDS int
+	SystemTM        string // the system datastore's TM_MAD
 	// Success is the outcome the postbackup run was told (BACKUP_RESULT).
 	Success bool
 	DryRun  bool
@@ -46,6 +54,29 @@ type Job struct {
 
 // Full is true when this run produces a standalone full (FULL mode or chain start).
 func (j *Job) Full() bool { return j.PID < 0 }
+
+// KeptAnchor is the increment whose chain anchor (snapshot) must remain after postbackup: the one
+// oned will continue the chain from — BID after a successful upload, PID after a failure, -1
+// (none) when a chain start failed or in FULL mode, which keeps no chain. Storage sides that
+// anchor chains with snapshots (Ceph, LVM) remove every other anchor, so that a failed upload
+// is retried from an anchor that is still there.
+func (j *Job) KeptAnchor() int {
+	switch {
+	case !j.Decision.Incremental:
+		return -1
+	case j.Success:
+		return j.BID
+	}
+	return j.PID
+}
+
+// CheckTmpDir refuses to let a cleanup remove anything but <VM dir>/tmp.
+func (j *Job) CheckTmpDir() error {
+	if j.TmpDir == "" || filepath.Dir(j.TmpDir) != filepath.Clean(j.VMDir) {
+		return fmt.Errorf("refusing to remove %q: not <VM dir>/tmp", j.TmpDir)
+	}
+	return nil
+}
 
 // CBT is an incremental run in INCREMENT_MODE=CBT.
 func (j *Job) CBT() bool { return j.Decision.Incremental && j.Decision.IncrementMode == matrix.CBT }

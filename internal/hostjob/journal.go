@@ -21,6 +21,8 @@ type Journal struct {
 	NBDPid       int      `json:"nbd_pid,omitempty"`   // qemu-nbd serving a power-off increment
 	NBDStart     string   `json:"nbd_start,omitempty"` // its /proc start time (pid reuse guard)
 	NBDSock      string   `json:"nbd_sock,omitempty"`
+	// Activated are the logical volumes (vg/lv) this run activated and must deactivate again.
+	Activated []string `json:"activated,omitempty"`
 }
 
 func journalPath(tmp string) string { return filepath.Join(tmp, "journal.json") }

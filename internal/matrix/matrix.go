@@ -6,6 +6,7 @@ package matrix
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -56,10 +57,23 @@ func (s Storage) Side() Side {
 type Cell struct {
 	OK     bool
 	Reason string // why not, for the error message (only when !OK)
+	// OptIn names the datastore attribute that turns a refused cell on: code the project has
+	// proven but does not enable by default, because the row's own OpenNebula release does not
+	// offer it (an operator enables it for the VMs backed up into that datastore).
+	OptIn string
 }
 
 func yes() Cell          { return Cell{OK: true} }
 func no(why string) Cell { return Cell{Reason: why} }
+
+// optIn is a cell refused unless the datastore attribute attr is YES.
+func optIn(attr, why string) Cell {
+	return Cell{Reason: why + "; set " + attr + "=YES on the backup datastore to enable them", OptIn: attr}
+}
+
+// LVMThinIncrements is the backup datastore attribute that enables incremental backups of thin
+// LVs (thin_delta between the chain's anchor snapshots).
+const LVMThinIncrements = "LVM_THIN_INCREMENTS"
 
 // Row is one line of the matrix.
 type Row struct {
@@ -80,9 +94,6 @@ type Row struct {
 	// IncrementModes lists the INCREMENT_MODE values that mean something for the row (the
 	// KVM file adapter: CBT and SNAPSHOT; others ignore INCREMENT_MODE, as the reference).
 	IncrementModes []IncrementMode
-	// FreezeNone: live backups need FS_FREEZE=NONE (LXC rows: there is no libvirt domain to
-	// freeze or suspend).
-	FreezeNoneOnly bool
 }
 
 // Name is how errors name the row ("KVM file raw").
@@ -115,6 +126,7 @@ const (
 const (
 	rawFullOnly   = "raw disks support full backups only (oned forces MODE=FULL for VMs with raw file disks; convert the disk to qcow2 for incremental backups)"
 	thickFullOnly = "thick LVM supports power-off full backups only (enable LVM_THIN_ENABLE for live and incremental backups)"
+	thinFullOnly  = "incremental backups of thin LVs are off by default (OpenNebula's own LVM thin increments lose zeroed and discarded blocks)"
 	lvmShared     = "the fs_lvm (shared LVM) driver does not support backups"
 	lxcLive       = "LXC containers on this storage can be backed up only while powered off"
 	lxcIncr       = "LXC containers support full backups only"
@@ -127,13 +139,13 @@ var Table = []Row{
 	{Hypervisor: KVM, Storage: FileQcow2, Served: true, RestoreInPlace: true, FullLive: yes(), FullPowerOff: yes(), IncrLive: yes(), IncrPowerOff: yes(), IncrementModes: []IncrementMode{CBT, Snapshot}},
 	{Hypervisor: KVM, Storage: FileRaw, Served: true, RestoreInPlace: true, FullLive: yes(), FullPowerOff: yes(), IncrLive: no(rawFullOnly), IncrPowerOff: no(rawFullOnly)},
 	{Hypervisor: KVM, Storage: Ceph, Served: true, RestoreInPlace: true, FullLive: yes(), FullPowerOff: yes(), IncrLive: yes(), IncrPowerOff: yes()},
-	{Hypervisor: KVM, Storage: LVMThin, FullLive: yes(), FullPowerOff: yes(), IncrLive: no("LVM thin supports full backups only"), IncrPowerOff: no("LVM thin supports full backups only")},
-	{Hypervisor: KVM, Storage: LVMThick, FullLive: no(thickFullOnly), FullPowerOff: yes(), IncrLive: no(thickFullOnly), IncrPowerOff: no(thickFullOnly)},
+	{Hypervisor: KVM, Storage: LVMThin, Served: true, FullLive: yes(), FullPowerOff: yes(), IncrLive: optIn(LVMThinIncrements, thinFullOnly), IncrPowerOff: optIn(LVMThinIncrements, thinFullOnly)},
+	{Hypervisor: KVM, Storage: LVMThick, Served: true, FullLive: no(thickFullOnly), FullPowerOff: yes(), IncrLive: no(thickFullOnly), IncrPowerOff: no(thickFullOnly)},
 	{Hypervisor: KVM, Storage: LVMShared, FullLive: no(lvmShared), FullPowerOff: no(lvmShared), IncrLive: no(lvmShared), IncrPowerOff: no(lvmShared)},
 	{Hypervisor: LXC, Storage: FileQcow2, Served: true, RestoreInPlace: true, FullLive: no(lxcLive), FullPowerOff: yes(), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr)},
 	{Hypervisor: LXC, Storage: FileRaw, Served: true, RestoreInPlace: true, FullLive: no(lxcLive), FullPowerOff: yes(), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr)},
 	{Hypervisor: LXC, Storage: Ceph, Served: true, RestoreInPlace: true, FullLive: no(lxcLive), FullPowerOff: yes(), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr)},
-	{Hypervisor: LXC, Storage: LVMThin, FullLive: yes(), FullPowerOff: yes(), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr), FreezeNoneOnly: true},
+	{Hypervisor: LXC, Storage: LVMThin, Served: true, FullLive: yes(), FullPowerOff: yes(), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr)},
 	{Hypervisor: LXC, Storage: LVMThick, FullLive: no("LXC on thick LVM: no backup support"), FullPowerOff: no("LXC on thick LVM: no backup support"), IncrLive: no(lxcIncr), IncrPowerOff: no(lxcIncr)},
 }
 
@@ -156,6 +168,8 @@ type Request struct {
 	IncrementMode IncrementMode
 	FSFreeze      string // NONE, AGENT, SUSPEND
 	Interactive   bool   // INTERACTIVE=YES
+	// OptIns are the datastore attributes set to YES that enable opt-in cells (Cell.OptIn).
+	OptIns []string
 }
 
 // Decision is an allowed request: the row (whose hypervisor and storage sides do the work) and how.
@@ -197,11 +211,11 @@ func Resolve(req Request) (Decision, error) {
 		return Decision{}, &Error{Row: row.Name(), Reason: interactive}
 	}
 	cell := row.Cell(req.Incremental, req.Live)
+	if !cell.OK && cell.OptIn != "" && slices.Contains(req.OptIns, cell.OptIn) {
+		cell.OK = true
+	}
 	if !cell.OK {
 		return Decision{}, &Error{Row: row.Name(), Reason: fmt.Sprintf("%s backup not supported: %s", Kind(req.Incremental, req.Live), cell.Reason)}
-	}
-	if req.Live && row.FreezeNoneOnly && req.FSFreeze != "" && !strings.EqualFold(req.FSFreeze, "NONE") {
-		return Decision{}, &Error{Row: row.Name(), Reason: fmt.Sprintf("live backups need FS_FREEZE=NONE (got %s)", req.FSFreeze)}
 	}
 	if !row.Served {
 		return Decision{}, &Error{Row: row.Name(), Reason: "allowed by the matrix but not served by these drivers yet (OpenNebula's own TM scripts back it up)"}
@@ -273,6 +287,28 @@ func TMDrivers() []string {
 		}
 		if served {
 			out = append(out, d.TM)
+		}
+	}
+	return out
+}
+
+// OptInAttributes lists the datastore attributes that enable opt-in cells of the rows a system
+// datastore driver's disks fall in (none for most drivers).
+func OptInAttributes(systemTM string) []string {
+	var out []string
+	for _, d := range systemDrivers {
+		if d.TM != strings.ToLower(systemTM) {
+			continue
+		}
+		for _, r := range Table {
+			if !slices.Contains(d.Kinds, r.Storage) {
+				continue
+			}
+			for _, c := range []Cell{r.FullLive, r.FullPowerOff, r.IncrLive, r.IncrPowerOff} {
+				if c.OptIn != "" && !slices.Contains(out, c.OptIn) {
+					out = append(out, c.OptIn)
+				}
+			}
 		}
 	}
 	return out

@@ -95,11 +95,46 @@ func TestIncrementModeAndFreeze(t *testing.T) {
 	if d.IncrementMode != "" {
 		t.Errorf("full backup carries increment mode %q", d.IncrementMode)
 	}
-	if _, err := Resolve(Request{Hypervisor: LXC, Storage: LVMThin, Live: true, FSFreeze: "AGENT"}); err == nil {
-		t.Error("LXC LVM thin live with FS_FREEZE=AGENT accepted")
+	// LXC live on thin LVs: the LXC side freezes the container itself (lxc-freeze, fsfreeze).
+	for _, f := range []string{"NONE", "AGENT", "SUSPEND"} {
+		if _, err := Resolve(Request{Hypervisor: LXC, Storage: LVMThin, Live: true, FSFreeze: f}); err != nil {
+			t.Errorf("LXC LVM thin live with FS_FREEZE=%s: %v", f, err)
+		}
 	}
-	if _, err := Resolve(Request{Hypervisor: LXC, Storage: LVMThin, Live: true, FSFreeze: "NONE"}); err != nil && strings.Contains(err.Error(), "FS_FREEZE") {
-		t.Error(err)
+}
+
+// Opt-in cells (thin LVM increments) are refused, naming the attribute that enables them, until
+// the request carries that attribute; other attributes do not enable them.
+func TestOptInCells(t *testing.T) {
+	n := 0
+	for _, row := range Table {
+		for _, live := range []bool{false, true} {
+			cell := row.Cell(true, live)
+			if cell.OptIn == "" {
+				continue
+			}
+			n++
+			req := Request{Hypervisor: row.Hypervisor, Storage: row.Storage, Incremental: true, Live: live}
+			if _, err := Resolve(req); err == nil || !strings.Contains(err.Error(), cell.OptIn+"=YES") {
+				t.Errorf("%s %s without %s: %v", row.Name(), Kind(true, live), cell.OptIn, err)
+			}
+			req.OptIns = []string{"SOMETHING_ELSE"}
+			if _, err := Resolve(req); err == nil {
+				t.Errorf("%s %s enabled by another attribute", row.Name(), Kind(true, live))
+			}
+			req.OptIns = []string{cell.OptIn}
+			if d, err := Resolve(req); err != nil || !d.Incremental || d.Row.Name() != row.Name() {
+				t.Errorf("%s %s with %s: %+v %v", row.Name(), Kind(true, live), cell.OptIn, d, err)
+			}
+		}
+	}
+	if n != 2 {
+		t.Errorf("%d opt-in cells, want the two KVM LVM thin increment cells", n)
+	}
+	for tm, want := range map[string]int{"fs_lvm_ssh": 1, "lvm": 1, "qcow2": 0, "ceph": 0} {
+		if got := OptInAttributes(tm); len(got) != want {
+			t.Errorf("opt-in attributes of %s: %v", tm, got)
+		}
 	}
 }
 

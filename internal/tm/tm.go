@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -162,6 +163,10 @@ func run(ctx context.Context, tmMad, action string, args []string, stdin io.Read
 			argv = append(argv, "--chain-format", f)
 		}
 	}
+	load := loadBackupDS(ctx, xml)
+	if on := optIns(tmMad, load, stderr); len(on) > 0 {
+		argv = append(argv, "--opt-in", strings.Join(on, ","))
+	}
 	env := hostwire.TestEnv()
 	env[hostwire.VMXMLEnv] = hostwire.EncodeVMXML(xml)
 	h := hostRun{action: action, sub: sub, staging: staging, vmID: a.VMID, stderr: stderr}
@@ -171,7 +176,7 @@ func run(ctx context.Context, tmMad, action string, args []string, stdin io.Read
 	}
 	wrap := func(argv []string) []string {
 		if sub == "backup" {
-			return confine(ctx, xml, argv, a.VMDir, stderr)
+			return confine(load, argv, a.VMDir, stderr)
 		}
 		return argv
 	}
@@ -299,28 +304,44 @@ func chainFormat(ctx context.Context, tmMad string, vm *one.VM) (string, error) 
 // hostStopGrace is how long a stopped host-side backup may take to restore the VM's disk chain.
 const hostStopGrace = 5 * time.Minute
 
-// confine wraps the host command with the backup datastore's limits (<MAD>_NICE, <MAD>_IONICE,
-// or the systemd slice attributes, spec §3.6), loading the datastore LAST_DATASTORE_ID from
-// oned. When oned cannot be asked, the backup runs unconfined and the log says so.
-func confine(ctx context.Context, vmXML []byte, argv []string, vmDir string, log io.Writer) []string {
-	msg, err := one.ParseMessage(vmXML)
-	if err != nil {
-		return argv
-	}
-	idText := msg.Text("BACKUPS/BACKUP_CONFIG/LAST_DATASTORE_ID")
-	if idText == "" {
-		return argv
-	}
-	id, err := strconv.Atoi(idText)
-	if err != nil || id < 0 {
-		return argv
-	}
-	c, err := oned.New()
+// backupDS is the backup datastore of the VM's backup (LAST_DATASTORE_ID), loaded from oned
+// once per action and only when needed; id -1 when the VM names none.
+type backupDS func() (ds *one.Datastore, id int, err error)
+
+func loadBackupDS(ctx context.Context, vmXML []byte) backupDS {
+	var once sync.Once
 	var ds *one.Datastore
-	if err == nil {
-		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		ds, err = c.DatastoreInfo(cctx, id)
-		cancel()
+	id := -1
+	var err error
+	return func() (*one.Datastore, int, error) {
+		once.Do(func() {
+			msg, perr := one.ParseMessage(vmXML)
+			if perr != nil {
+				return
+			}
+			n, perr := strconv.Atoi(msg.Text("BACKUPS/BACKUP_CONFIG/LAST_DATASTORE_ID"))
+			if perr != nil || n < 0 {
+				return
+			}
+			id = n
+			var c *oned.Client
+			if c, err = oned.New(); err == nil {
+				cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				ds, err = c.DatastoreInfo(cctx, id)
+				cancel()
+			}
+		})
+		return ds, id, err
+	}
+}
+
+// confine wraps the host command with the backup datastore's limits (<MAD>_NICE, <MAD>_IONICE,
+// or the systemd slice attributes, spec §3.6). When oned cannot be asked, the backup runs
+// unconfined and the log says so.
+func confine(load backupDS, argv []string, vmDir string, log io.Writer) []string {
+	ds, id, err := load()
+	if id < 0 {
+		return argv
 	}
 	if err != nil {
 		fmt.Fprintf(log, "WARNING: cannot load backup datastore %d for the command limits (running unconfined): %s\n", id, one.FailureLine(err))
@@ -332,4 +353,29 @@ func confine(ctx context.Context, vmXML []byte, argv []string, vmDir string, log
 		return argv
 	}
 	return conf.Wrap(argv, vmDir, []string{hostwire.VMXMLEnv})
+}
+
+// optIns lists the backup datastore's attributes that enable opt-in cells of the matrix for
+// this driver's disks (LVM_THIN_INCREMENTS=YES), for the host side's matrix check. Without
+// them the host refuses such a backup with the message naming the attribute.
+func optIns(tmMad string, load backupDS, log io.Writer) []string {
+	attrs := matrix.OptInAttributes(tmMad)
+	if len(attrs) == 0 {
+		return nil
+	}
+	ds, id, err := load()
+	if id < 0 {
+		return nil
+	}
+	if err != nil {
+		fmt.Fprintf(log, "WARNING: cannot load backup datastore %d to read %s: %s\n", id, strings.Join(attrs, ", "), one.FailureLine(err))
+		return nil
+	}
+	var on []string
+	for _, a := range attrs {
+		if strings.EqualFold(strings.TrimSpace(ds.Attr(a)), "yes") {
+			on = append(on, a)
+		}
+	}
+	return on
 }

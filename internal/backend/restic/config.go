@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"onebackup/internal/backend"
 	"onebackup/internal/one"
@@ -25,6 +26,7 @@ type Config struct {
 	MaxProc        int       // GOMAXPROCS, -1 = restic's default
 	Compression    string    // "" = restic's default (auto)
 	Connections    int
+	LockWait       time.Duration // RESTIC_LOCK_WAIT: how long to wait for another operation's lock
 	PruneMaxRepack string
 	PruneMaxUnused string
 	TmpDir         string // parent of temporary directories of downloads and flattens (frontend)
@@ -48,7 +50,7 @@ func ParseConfig(ds *one.Datastore) (*Config, error) {
 }
 
 func parseConfig(ds *one.Datastore) (*Config, error) {
-	c := &Config{MaxProc: -1, Connections: 5}
+	c := &Config{MaxProc: -1, Connections: 5, LockWait: defaultLockWait}
 	var err error
 	if c.DSID, err = ds.ID(); err != nil {
 		return nil, err
@@ -103,6 +105,13 @@ func parseConfig(ds *one.Datastore) (*Config, error) {
 		c.Compression = v
 	default:
 		return nil, fmt.Errorf("invalid RESTIC_COMPRESSION %q: expected auto, off, fastest, better or max", v)
+	}
+	if v := ds.Attr("RESTIC_LOCK_WAIT"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < time.Second || d > 24*time.Hour {
+			return nil, fmt.Errorf("invalid RESTIC_LOCK_WAIT %q: expected a duration from 1s to 24h such as 5m", v)
+		}
+		c.LockWait = d
 	}
 	if v := ds.Attr("RESTIC_CONNECTIONS"); v != "" {
 		n, err := strconv.Atoi(v)

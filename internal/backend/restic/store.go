@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"onebackup/internal/backend"
 	"onebackup/internal/lockfile"
@@ -29,8 +30,9 @@ const (
 	exitWrongPassword = 12
 )
 
-// lockWait bounds how long a command waits for another one's exclusive lock (restic >= 0.16).
-const lockWait = "5m"
+// defaultLockWait bounds how long a command waits for another one's exclusive lock (restic >=
+// 0.16) unless RESTIC_LOCK_WAIT says otherwise.
+const defaultLockWait = 5 * time.Minute
 
 // Store is a configured restic datastore.
 type Store struct {
@@ -82,7 +84,7 @@ func (s *Store) cmd(ctx context.Context, t remote.Target, repo, sub string, args
 		bin = HostBin()
 	}
 	if s.retryLock(ctx) && sub != "snapshots" && sub != "cat" && sub != "init" {
-		args = append(args, "--retry-lock="+lockWait)
+		args = append(args, "--retry-lock="+s.cfg.LockWait.String())
 	}
 	return remote.Cmd{Target: t, Argv: append([]string{bin}, s.cfg.Args(repo, sub, args...)...), Env: s.cfg.Env()}
 }
@@ -118,8 +120,18 @@ func (s *Store) explain(ctx context.Context, err error, repo string) error {
 	switch {
 	case ee.Code == exitWrongPassword || strings.Contains(ee.Stderr, "wrong password"):
 		return fmt.Errorf("RESTIC_PASSWORD does not open repository %s", repo)
-	case ee.Code == exitLocked:
-		return fmt.Errorf("repository %s stayed locked by another operation for %s: %w", repo, lockWait, err)
+	case ee.Code == exitLocked || strings.Contains(ee.Stderr, "unable to create lock in backend"):
+		holder := "another operation"
+		if m := lockHolderRe.FindStringSubmatch(ee.Stderr); m != nil {
+			holder = fmt.Sprintf("restic PID %s on %s (user %s)", m[2], m[3], m[4])
+			if m[1] != "" {
+				holder += " holding it exclusively"
+			}
+			if at := lockCreatedRe.FindStringSubmatch(ee.Stderr); at != nil {
+				holder += ", since " + at[1]
+			}
+		}
+		return fmt.Errorf("repository %s stayed locked by %s for the %s this backup waits (RESTIC_LOCK_WAIT); if that process is gone, `restic unlock` on its host removes the lock: %w", repo, holder, s.cfg.LockWait, err)
 	}
 	return err
 }
@@ -145,6 +157,12 @@ func (s *Store) diagnoseSFTP(ctx context.Context, ee *remote.ExitError) error {
 	withCause.Stderr = strings.TrimRight(ee.Stderr, "\n") + "\n" + pe.Stderr
 	return &withCause
 }
+
+// What restic prints about the holder of a lock it could not get.
+var (
+	lockHolderRe  = regexp.MustCompile(`locked (exclusively )?by PID ([0-9]+) on (\S+) by ([^\s(]+)`)
+	lockCreatedRe = regexp.MustCompile(`lock was created at ([0-9-]+ [0-9:]+)`)
+)
 
 func asExit(err error, ee **remote.ExitError) bool { return errors.As(err, ee) }
 
@@ -180,7 +198,9 @@ func (s *Store) EnsureRepo(ctx context.Context, loc backend.Location) error {
 		return err
 	}
 	defer unlock()
-	_, err = s.rt.Run(ctx, s.cmd(ctx, remote.Local, repo, "cat", "config"), false)
+	// Reading the config needs no lock: a lock held (or left by a dead process) is the
+	// business of the command that follows, which waits for it or reports its holder.
+	_, err = s.rt.Run(ctx, s.cmd(ctx, remote.Local, repo, "cat", "config", "--no-lock"), false)
 	if err == nil {
 		return nil
 	}

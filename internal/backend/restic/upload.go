@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"strconv"
 
 	"onebackup/internal/backend"
+	"onebackup/internal/remote"
 )
 
 // message is the part of restic's --json output the upload reads.
@@ -33,6 +35,9 @@ func (s *Store) PrepareUpload(ctx context.Context, b *backend.Backup) (*backend.
 		return nil, err
 	}
 	repo := s.cfg.Repo(loc)
+	if err := s.removeStaleLocks(ctx, b.VMHost, repo); err != nil {
+		return nil, err
+	}
 	args := append(b.Paths(), "--force", "--json", "--tag=one-"+strconv.Itoa(b.Args.VMID))
 	c := s.cmd(ctx, b.VMHost, repo, "backup", args...)
 	fps := "0.2" // a status line every 5 s is enough for oned's logs
@@ -73,6 +78,7 @@ func (s *Store) PrepareUpload(ctx context.Context, b *backend.Backup) (*backend.
 		}
 		return summary.SnapshotID[:8], summary.BytesRead, nil
 	}
+	up.Explain = func(ctx context.Context, err error) error { return s.explain(ctx, err, repo) }
 	up.Cleanup = func(ctx context.Context) error {
 		// restic removes its own lock when stopped; unlock clears one left by a killed restic
 		// (stale locks are recognised on the host that took them).
@@ -85,6 +91,29 @@ func (s *Store) PrepareUpload(ctx context.Context, b *backend.Backup) (*backend.
 	}
 	return up, nil
 }
+
+// removeStaleLocks removes the locks of restic processes that died on host (killed during an
+// earlier backup, or the host rebooted) before this backup waits for them: restic 0.18 still
+// treats such a lock as held, so every later backup of the repository would wait and fail.
+// `restic unlock` without --remove-all removes only locks it can prove stale (taken on this
+// host by a process that no longer exists, or not refreshed for 30 minutes), never one of a
+// live operation.
+func (s *Store) removeStaleLocks(ctx context.Context, host remote.Target, repo string) error {
+	c := s.cmd(ctx, host, repo, "unlock")
+	c.ForwardAgent = s.forwardAgent()
+	res, err := s.rt.Run(ctx, c, true)
+	if err != nil {
+		return fmt.Errorf("cannot check %s for stale locks: %w", repo, s.explain(ctx, err, repo))
+	}
+	if res != nil {
+		if m := removedLocksRe.FindSubmatch(res.Stdout); m != nil && string(m[1]) != "0" {
+			s.rt.Log.Warnf("removed %s stale lock(s) of restic processes that died on %s from %s", m[1], host, repo)
+		}
+	}
+	return nil
+}
+
+var removedLocksRe = regexp.MustCompile(`successfully removed ([0-9]+) locks`)
 
 // forwardAgent: uploads to an SFTP server log in with the frontend's forwarded agent unless
 // RESTIC_FORWARD_AGENT=NO; S3 needs no ssh from the VM host.

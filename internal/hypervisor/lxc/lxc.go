@@ -75,7 +75,9 @@ func (*LXC) CheckStopped(ctx context.Context, j *hostjob.Job) error {
 		return fmt.Errorf("VM %d: container %s is %s on this host; a power-off backup needs it stopped", j.VMID, j.DeployID, st)
 	}
 	for _, d := range j.Disks {
-		if d.Path == "" {
+		// Only files are mapped (loop, qemu-nbd); an RBD image or an LV is used as it is, and
+		// a power-off LV's link may point to a device that is not there while inactive.
+		if d.Path == "" || d.Kind.Side() != matrix.SideFile {
 			continue
 		}
 		holders, err := mappedBy("/", d.Path)

@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"onebackup/internal/hostjob"
@@ -131,8 +130,8 @@ func closeDomain(d hypervisor.Domain) {
 
 // removeTmp deletes the VM's tmp dir unless a disk of the running domain lives in it.
 func removeTmp(j *hostjob.Job, d hypervisor.Domain) error {
-	if j.TmpDir == "" || filepath.Dir(j.TmpDir) != filepath.Clean(j.VMDir) {
-		return fmt.Errorf("refusing to remove %q: not <VM dir>/tmp", j.TmpDir)
+	if err := j.CheckTmpDir(); err != nil {
+		return err
 	}
 	if d != nil {
 		if used := d.LayersIn(j.TmpDir); len(used) > 0 {

@@ -248,13 +248,7 @@ func (r *RBD) Finish(ctx context.Context, j *hostjob.Job, hv hypervisor.Hypervis
 	hostjob.Hold(ctx, j.TmpDir, "postbackup")
 	// Cancelling postbackup must not leave the VM frozen or half cleaned: finish regardless.
 	ctx = context.WithoutCancel(ctx)
-	keep := -1
-	if j.Decision.Incremental {
-		keep = j.PID
-		if j.Success {
-			keep = j.BID
-		}
-	}
+	keep := j.KeptAnchor()
 	return tidy(ctx, j, hv, func(im *image) error {
 		return errors.Join(removeSnap(im.head, tempSnap), removeAnchors(im.head, keep))
 	})
@@ -285,8 +279,8 @@ func tidy(ctx context.Context, j *hostjob.Job, hv hypervisor.Hypervisor, snaps f
 
 // removeTmp deletes <VM dir>/tmp (journal, hold files): a Ceph VM keeps no layer there.
 func removeTmp(j *hostjob.Job) error {
-	if j.TmpDir == "" || filepath.Dir(j.TmpDir) != filepath.Clean(j.VMDir) {
-		return fmt.Errorf("refusing to remove %q: not <VM dir>/tmp", j.TmpDir)
+	if err := j.CheckTmpDir(); err != nil {
+		return err
 	}
 	return os.RemoveAll(j.TmpDir)
 }
