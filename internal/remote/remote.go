@@ -116,9 +116,22 @@ func SSHProblem(stderr string) string {
 		return "authentication refused (check oneadmin's keys and the ssh agent)"
 	case strings.Contains(stderr, "Host key verification failed"):
 		return "host key verification failed (check known_hosts)"
+	case strings.Contains(stderr, "not responding") && strings.Contains(stderr, "Timeout, server"):
+		return fmt.Sprintf("the server stopped responding (no answer to ssh keep-alives for %s)", StallTimeout*3/4)
 	}
 	return ""
 }
+
+// KeepAlive are the ssh options of every connection the drivers open, directly or through
+// restic and rsync: a peer that stops answering (its sshd stopped, a network path that drops
+// everything without a reset) ends the connection after about StallTimeout instead of leaving
+// the backup waiting for ever; a slow link that still moves data is not affected. ssh says why
+// it gave up only at log level INFO (its default, often lowered to ERROR in ssh_config to hide
+// warnings), so that level is set here for the operator to get the cause.
+var KeepAlive = []string{"-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3", "-o", "LogLevel=INFO"}
+
+// StallTimeout is the longest a connection whose peer stopped answering can last (KeepAlive).
+const StallTimeout = 40 * time.Second
 
 // ExitCode is the exit code of err when it is an ExitError, else -1.
 func ExitCode(err error) int {
@@ -148,8 +161,9 @@ func (r *Runner) SSHArgs(t Target, forward bool) []string {
 	if forward {
 		fwd = "ForwardAgent=yes"
 	}
-	return []string{r.sshBin(), "-T", "-o", "BatchMode=yes", "-o", "ControlMaster=no",
-		"-o", "ControlPath=none", "-o", fwd, "--", t.dest()}
+	argv := []string{r.sshBin(), "-T", "-o", "BatchMode=yes", "-o", "ControlMaster=no",
+		"-o", "ControlPath=none", "-o", fwd}
+	return append(append(argv, KeepAlive...), "--", t.dest())
 }
 
 // Run executes c and waits for it. A cancelled ctx sends SIGTERM (ssh then closes the session and

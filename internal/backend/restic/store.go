@@ -10,6 +10,7 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -86,7 +87,13 @@ func (s *Store) cmd(ctx context.Context, t remote.Target, repo, sub string, args
 	if s.retryLock(ctx) && sub != "snapshots" && sub != "cat" && sub != "init" {
 		args = append(args, "--retry-lock="+s.cfg.LockWait.String())
 	}
-	return remote.Cmd{Target: t, Argv: append([]string{bin}, s.cfg.Args(repo, sub, args...)...), Env: s.cfg.Env()}
+	argv := append([]string{bin}, s.cfg.Args(repo, sub, args...)...)
+	if s.cfg.S3 == nil && s.minor >= 17 {
+		// restic's own ssh to the SFTP server gets the keep-alive of every driver connection,
+		// so that a stalled server fails the backup (sftp.args: restic >= 0.17).
+		argv = slices.Insert(argv, 1, "--option=sftp.args="+strings.Join(remote.KeepAlive, " "))
+	}
+	return remote.Cmd{Target: t, Argv: argv, Env: s.cfg.Env()}
 }
 
 // retryLock tells whether restic supports --retry-lock (>= 0.16).

@@ -15,8 +15,9 @@ import (
 const idAttempts = 5
 
 // rsh is the remote shell rsync uses from the VM host to the rsync host. rsync splits it into
-// words itself (no shell); BatchMode makes a missing key fail instead of waiting for a password.
-const rsh = "ssh -T -o BatchMode=yes -o ControlMaster=no -o ControlPath=none"
+// words itself (no shell); BatchMode makes a missing key fail instead of waiting for a password,
+// the keep-alive a stalled rsync host end the upload.
+var rsh = "ssh -T -o BatchMode=yes -o ControlMaster=no -o ControlPath=none " + strings.Join(remote.KeepAlive, " ")
 
 // PrepareUpload implements backend.Store: create <BASE_PATH>/<vm_id>/<backup_id> on the rsync
 // host (a new, unused id), then run rsync of the staging directory into it on the VM host,
