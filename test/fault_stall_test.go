@@ -49,11 +49,10 @@ func sessionsOf(t *testing.T, host string) []int {
 	return out
 }
 
-// stallDuringUpload stops (SIGSTOP) every session of the backup server while a slow upload
-// runs: the connection stays open and moves nothing, as behind a dead network path. The backup
-// must fail within the keep-alive bound with one line naming the cause, leave nothing in the
-// repository, and the next backup must succeed with the earlier restore point intact.
-func stallDuringUpload(t *testing.T, backend string, vmID int, ds, slowDS string, check func(t *testing.T, ids []string)) {
+// faultDuringUpload breaks the backup server's open ssh sessions with fault while a slow upload
+// runs. The backup must fail in bounded time with one line containing want, leave nothing in
+// the repository, and the next backup must succeed with the earlier restore point intact.
+func faultDuringUpload(t *testing.T, backend string, vmID int, ds, slowDS string, fault func(sessions []int) (undo func()), want string, check func(t *testing.T, ids []string)) {
 	stageBackup(t, stagingOf(vmID), vmID, 0, []int{8}, 1)
 	first := backupID(t, h.mustDriver(t, backend, "backup", backupArgs("hv1", vmID, ""), backupStdin(ds, vmXML(vmID, ""))))
 
@@ -64,38 +63,74 @@ func stallDuringUpload(t *testing.T, backend string, vmID int, ds, slowDS string
 		return len(processesMatching(backend, fmt.Sprintf("/datastores/0/%d/backup", vmID))) > 0
 	})
 	time.Sleep(time.Second)
-	stopped := sessionsOf(t, "bk1")
-	for _, pid := range stopped {
-		syscall.Kill(pid, syscall.SIGSTOP)
-	}
-	resume := func() {
-		for _, pid := range stopped {
-			syscall.Kill(pid, syscall.SIGCONT)
-		}
-	}
-	defer resume()
+	undo := fault(sessionsOf(t, "bk1"))
+	defer undo()
 	start := time.Now()
 	select {
 	case err := <-done:
 		took := time.Since(start)
-		t.Logf("the stalled backup failed after %s: %s", took.Round(time.Second), strings.TrimSpace(out.String()))
+		t.Logf("the backup failed after %s: %s", took.Round(time.Second), strings.TrimSpace(out.String()))
 		if err == nil {
-			t.Fatalf("a backup to a stalled server succeeded: %s", out)
+			t.Fatalf("the backup succeeded: %s", out)
 		}
 		if took > remote.StallTimeout+90*time.Second {
-			t.Errorf("the stalled backup took %s to fail; the keep-alive bound is %s", took, remote.StallTimeout)
+			t.Errorf("the backup took %s to fail; the keep-alive bound is %s", took, remote.StallTimeout)
 		}
 	case <-time.After(5 * time.Minute):
-		t.Fatalf("the backup to a stalled server did not end: %s", out)
+		t.Fatalf("the backup did not end: %s", out)
 	}
-	if !oneFailure(out.String(), "stopped responding") {
-		t.Errorf("the failure does not say the backup server stopped responding: %s", out)
+	if !oneFailure(out.String(), want) {
+		t.Errorf("the failure does not say %q: %s", want, out)
 	}
-	resume()
+	undo()
 
 	stageBackup(t, stagingOf(vmID), vmID, 0, []int{8}, 1)
 	next := backupID(t, h.mustDriver(t, backend, "backup", backupArgs("hv1", vmID, ""), backupStdin(ds, vmXML(vmID, ""))))
 	check(t, []string{first, next})
+}
+
+// stall stops the sessions (SIGSTOP): the connection stays open and moves nothing, as behind a
+// dead network path.
+func stall(sessions []int) func() {
+	for _, pid := range sessions {
+		syscall.Kill(pid, syscall.SIGSTOP)
+	}
+	return func() {
+		for _, pid := range sessions {
+			syscall.Kill(pid, syscall.SIGCONT)
+		}
+	}
+}
+
+// killSessions kills the sessions' sshd processes (SIGKILL): the server's sshd dies under the
+// upload.
+func killSessions(sessions []int) func() {
+	for _, pid := range sessions {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	return func() {}
+}
+
+func resticFaultCheck(base string, vmID int) func(t *testing.T, ids []string) {
+	return func(t *testing.T, ids []string) {
+		repo := fmt.Sprintf("%s/%d", base, vmID)
+		snaps := h.snapshots(t, repo)
+		if len(snaps) != 2 || snaps[0].ID[:8] != ids[0] || snaps[1].ID[:8] != ids[1] {
+			t.Errorf("repository holds %+v, want exactly %v (no half snapshot)", snaps, ids)
+		}
+		if locks := strings.TrimSpace(h.restic(t, repo, "list", "locks", "--no-lock")); locks != "" {
+			t.Errorf("locks left: %s", locks)
+		}
+		h.restic(t, repo, "check")
+	}
+}
+
+func rsyncFaultCheck(base string, vmID int) func(t *testing.T, ids []string) {
+	return func(t *testing.T, ids []string) {
+		if got := dirNames(t, fmt.Sprintf("%s/%d", base, vmID)); strings.Join(got, " ") != strings.Join(slices.Sorted(slices.Values(ids)), " ") {
+			t.Errorf("backup tree holds %v, want exactly %v (no partial tree)", got, ids)
+		}
+	}
 }
 
 func backupID(t *testing.T, out string) string {
@@ -110,25 +145,112 @@ func backupID(t *testing.T, out string) string {
 func TestFaultStallRestic(t *testing.T) {
 	const dsID, vmID = 531, 751
 	base := resetDS(t, dsID)
-	stallDuringUpload(t, "restic", vmID, resticDS(dsID, nil), resticDS(dsID, dsAttrs{"RESTIC_BWLIMIT": "1024"}), func(t *testing.T, ids []string) {
-		repo := fmt.Sprintf("%s/%d", base, vmID)
-		snaps := h.snapshots(t, repo)
-		if len(snaps) != 2 || snaps[0].ID[:8] != ids[0] || snaps[1].ID[:8] != ids[1] {
-			t.Errorf("repository holds %+v, want exactly %v (no half snapshot)", snaps, ids)
-		}
-		if locks := strings.TrimSpace(h.restic(t, repo, "list", "locks", "--no-lock")); locks != "" {
-			t.Errorf("locks left: %s", locks)
-		}
-		h.restic(t, repo, "check")
-	})
+	faultDuringUpload(t, "restic", vmID, resticDS(dsID, nil), resticDS(dsID, dsAttrs{"RESTIC_BWLIMIT": "1024"}),
+		stall, "stopped responding", resticFaultCheck(base, vmID))
 }
 
 func TestFaultStallRsync(t *testing.T) {
 	const dsID, vmID = 532, 752
 	base := resetDS(t, dsID)
-	stallDuringUpload(t, "rsync", vmID, rsyncDS(dsID, nil), rsyncDS(dsID, dsAttrs{"RSYNC_ARGS": "-aS --bwlimit=1024"}), func(t *testing.T, ids []string) {
-		if got := dirNames(t, fmt.Sprintf("%s/%d", base, vmID)); strings.Join(got, " ") != strings.Join(slices.Sorted(slices.Values(ids)), " ") {
-			t.Errorf("backup tree holds %v, want exactly %v (no partial tree)", got, ids)
-		}
-	})
+	faultDuringUpload(t, "rsync", vmID, rsyncDS(dsID, nil), rsyncDS(dsID, dsAttrs{"RSYNC_ARGS": "-aS --bwlimit=1024"}),
+		stall, "stopped responding", rsyncFaultCheck(base, vmID))
+}
+
+// The backup server's sshd dies under the upload.
+func TestFaultSSHDKilledRestic(t *testing.T) {
+	const dsID, vmID = 535, 755
+	base := resetDS(t, dsID)
+	faultDuringUpload(t, "restic", vmID, resticDS(dsID, nil), resticDS(dsID, dsAttrs{"RESTIC_BWLIMIT": "1024"}),
+		killSessions, "connection closed by the server", resticFaultCheck(base, vmID))
+}
+
+func TestFaultSSHDKilledRsync(t *testing.T) {
+	const dsID, vmID = 536, 756
+	base := resetDS(t, dsID)
+	faultDuringUpload(t, "rsync", vmID, rsyncDS(dsID, nil), rsyncDS(dsID, dsAttrs{"RSYNC_ARGS": "-aS --bwlimit=1024"}),
+		killSessions, "connection closed by the server", rsyncFaultCheck(base, vmID))
+}
+
+// The backup server does not answer when the backup starts (its sshd listener stopped: the
+// connection is accepted by the kernel and nothing more): the backup fails after the connect
+// timeout naming the unreachable server, creates nothing, and works once the server is back.
+func TestFaultServerDownAtStart(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join(h.state, "bk1", "sshd.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	listener, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	for _, c := range []struct {
+		backend string
+		dsID    int
+		ds      string
+	}{{"restic", 537, resticDS(537, nil)}, {"rsync", 538, rsyncDS(538, nil)}} {
+		t.Run(c.backend, func(t *testing.T) {
+			const vmID = 757
+			base := resetDS(t, c.dsID)
+			stageBackup(t, stagingOf(vmID), vmID, 0, []int{8}, 1)
+			syscall.Kill(listener, syscall.SIGSTOP)
+			resumed := false
+			resume := func() {
+				if !resumed {
+					syscall.Kill(listener, syscall.SIGCONT)
+					resumed = true
+				}
+			}
+			defer resume()
+			start := time.Now()
+			r := h.driver(t, c.backend, "backup", backupArgs("hv1", vmID, ""), backupStdin(c.ds, vmXML(vmID, "")))
+			resume()
+			t.Logf("after %s: %s", time.Since(start).Round(time.Second), r.stderr)
+			if r.code == 0 || !oneFailure(r.stderr, "host unreachable") || !strings.Contains(r.stderr, "bk1") {
+				t.Fatalf("backup to a server that does not answer: exit %d, stderr %q", r.code, r.stderr)
+			}
+			if got := dirNames(t, base); len(got) != 0 {
+				t.Errorf("the failed backup created %v", got)
+			}
+			stageBackup(t, stagingOf(vmID), vmID, 0, []int{8}, 1)
+			h.mustDriver(t, c.backend, "backup", backupArgs("hv1", vmID, ""), backupStdin(c.ds, vmXML(vmID, "")))
+		})
+	}
+}
+
+// SIGKILL of the backup action (its whole process group on the frontend) during the upload: the
+// far-side programs stop on their own, and the next backup of the VM removes what the killed one
+// left (its lock, its partial backup directory) and succeeds.
+func killedUpload(t *testing.T, backend string, vmID int, ds, slowDS string, check func(t *testing.T, ids []string)) {
+	stageBackup(t, stagingOf(vmID), vmID, 0, []int{8}, 1)
+	first := backupID(t, h.mustDriver(t, backend, "backup", backupArgs("hv1", vmID, ""), backupStdin(ds, vmXML(vmID, ""))))
+
+	stageBackup(t, stagingOf(vmID), vmID, 0, []int{32}, 16)
+	cmd := h.driverCmd(t, backend, "backup", backupArgs("hv1", vmID, ""), backupStdin(slowDS, vmXML(vmID, "")))
+	cmd.SysProcAttr.Setpgid = true
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	staging := fmt.Sprintf("/datastores/0/%d/backup", vmID)
+	waitFor(t, "the upload to start on hv1", 60*time.Second, func() bool { return len(processesMatching(backend, staging)) > 0 })
+	time.Sleep(time.Second)
+	syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	cmd.Wait()
+	waitFor(t, "the killed backup's programs to stop", 30*time.Second, func() bool { return len(processesMatching(staging)) == 0 })
+
+	stageBackup(t, stagingOf(vmID), vmID, 0, []int{8}, 1)
+	r := h.driver(t, backend, "backup", backupArgs("hv1", vmID, ""), backupStdin(ds, vmXML(vmID, "")))
+	if r.code != 0 || !strings.Contains(r.stderr, "did not finish") {
+		t.Fatalf("backup after the killed one: exit %d, stderr %q", r.code, r.stderr)
+	}
+	t.Logf("%s", r.stderr)
+	check(t, []string{first, backupID(t, r.stdout)})
+}
+
+func TestFaultKilledUploadRestic(t *testing.T) {
+	const dsID, vmID = 539, 758
+	base := resetDS(t, dsID)
+	killedUpload(t, "restic", vmID, resticDS(dsID, nil), resticDS(dsID, dsAttrs{"RESTIC_BWLIMIT": "1024"}), resticFaultCheck(base, vmID))
+}
+
+func TestFaultKilledUploadRsync(t *testing.T) {
+	const dsID, vmID = 540, 759
+	base := resetDS(t, dsID)
+	killedUpload(t, "rsync", vmID, rsyncDS(dsID, nil), rsyncDS(dsID, dsAttrs{"RSYNC_ARGS": "-aS --bwlimit=1024"}), rsyncFaultCheck(base, vmID))
 }

@@ -276,3 +276,64 @@ func TestKVMFilePrefixVMs(t *testing.T) {
 	vm5.checkClean(t)
 	vm55.checkClean(t)
 }
+
+// QEMU killed while a live backup job runs (a full that starts a chain, then an increment): the
+// backup fails with one line, nothing of it is left in the VM directory, and once the VM runs
+// again the next backup succeeds — after the killed increment as a full inside the chain,
+// logged — and every restore point restores.
+func TestFaultQEMUKilledDuringLiveJob(t *testing.T) {
+	env := needKVM(t)
+	vid := 761
+	base := resetDS(t, 541)
+	repo := base + fmt.Sprint("/", vid)
+	ds := resticDS(541, nil)
+	vm := newVM(t, env, vid, &tdisk{id: 0, format: "qcow2", sizeMiB: 64})
+	vm.start(t)
+	vm.write(t, 0, 0x51, 0, 6<<20)
+
+	killDuring := func(c bcfg) {
+		t.Helper()
+		cmd, errb := startTM(t, env, "prebackup_live", vm, c, "export")
+		waitFile(t, filepath.Join(vm.dir, "tmp", "hold.export"), cmd, errb)
+		// The guest flushed what it wrote (as a file system does on sync): a killed QEMU
+		// loses only unflushed writes, which no backup can hold either.
+		virsh(t, "qemu-monitor-command", vm.name, "--hmp", fmt.Sprintf(`qemu-io -d /machine/peripheral/virtio-disk%d/virtio-backend "flush"`, vm.index(0)))
+		vm.kill(t)
+		os.WriteFile(filepath.Join(vm.dir, "tmp", "release.export"), nil, 0o644)
+		cmd.Wait()
+		if cmd.ProcessState.ExitCode() == 0 || !strings.Contains(errb.String(), "QEMU process ended during the live backup") {
+			t.Fatalf("prebackup with QEMU killed: exit %d, stderr %q", cmd.ProcessState.ExitCode(), errb.String())
+		}
+		t.Logf("prebackup with QEMU killed: %s", errb.String())
+		failed := c
+		failed.extraXML = "<BACKUP_RESULT>FAILURE</BACKUP_RESULT>"
+		env.tm(t, "qcow2", "postbackup_live", vm.tmArgs("0"), vm.xml(failed))
+		vm.waitUnlocked(t)
+		vm.checkClean(t)
+		vm.start(t)
+	}
+
+	// The chain's full.
+	killDuring(bcfg{mode: "INCREMENT", li: -1, incMode: "CBT", live: true, disks: "0"})
+	w0 := vm.expect(t, "0")
+	chain := []string{vm.backupRound(t, ds, bcfg{mode: "INCREMENT", li: -1, incMode: "CBT", live: true})}
+
+	// An increment.
+	vm.write(t, 0, 0x52, 8<<20, 1<<20)
+	killDuring(bcfg{mode: "INCREMENT", li: 0, incMode: "CBT", live: true, disks: "0"})
+	vm.write(t, 0, 0x53, 10<<20, 1<<20)
+	w1 := vm.expect(t, "1")
+	c1 := bcfg{mode: "INCREMENT", li: 0, incMode: "CBT", live: true, disks: "0"}
+	pre := env.tm(t, "qcow2", "prebackup_live", vm.tmArgs("0"), vm.xml(c1))
+	if pre.code != 0 || !strings.Contains(pre.stderr, "CBT lost") {
+		t.Fatalf("the backup after QEMU was killed: exit %d, log %q (want CBT lost: a full inside the chain)", pre.code, pre.stderr)
+	}
+	chain = append(chain, vm.upload(t, ds))
+	if post := env.tm(t, "qcow2", "postbackup_live", vm.tmArgs("0"), vm.xml(c1)); post.code != 0 {
+		t.Fatalf("postbackup: %s", post.stderr)
+	}
+	vm.checkClean(t)
+	vm.restoreCompare(t, repo, chain[:1], 0, w0[0])
+	vm.restoreCompare(t, repo, chain, 0, w1[0])
+	vm.stop(t)
+}

@@ -71,6 +71,9 @@ type Upload struct {
 	Result func() (id string, size int64, err error)
 	// Cleanup removes what a failed or cancelled upload left at the destination.
 	Cleanup func(ctx context.Context) error
+	// Leftover names what the upload has already created at the destination (for the store's
+	// RemoveLeftover, should this process be killed before Cleanup can run).
+	Leftover string
 	// Explain, when set, turns the failure of Cmd into what the operator needs to know (who
 	// holds a lock, why a connection failed).
 	Explain func(ctx context.Context, err error) error

@@ -117,7 +117,7 @@ func RunBackup(ctx context.Context, rt *Runtime, open Opener, msg *one.Message, 
 
 	var rec *runRecord
 	if !rt.DryRun {
-		if rec, err = startRecord(ctx, rt, store.Backend(), b); err != nil {
+		if rec, err = startRecord(ctx, rt, store, b); err != nil {
 			return nil, err
 		}
 		defer rec.remove()
@@ -128,6 +128,14 @@ func RunBackup(ctx context.Context, rt *Runtime, open Opener, msg *one.Message, 
 			return nil, ErrCancelled
 		}
 		return nil, err
+	}
+	if rec != nil && up.Leftover != "" {
+		if err := rec.note(up.Leftover); err != nil {
+			if up.Cleanup != nil {
+				up.Cleanup(context.WithoutCancel(ctx))
+			}
+			return nil, err
+		}
 	}
 	up.Cmd.Token = b.Token
 	up.Cmd.Stdout = remote.LineWriter(up.OnLine)

@@ -23,7 +23,16 @@ type runRecord struct {
 	DeployID string `json:"deploy_id"`
 	Host     string `json:"host"`
 	Token    string `json:"token"`
+	// Leftover is what the upload creates at the destination before it is complete (an rsync
+	// backup directory): a killed run never removes it itself, the next backup of the VM does.
+	Leftover string `json:"leftover,omitempty"`
 	file     string
+}
+
+// LeftoverRemover is a store whose uploads leave something at the destination when killed
+// (Upload.Leftover), which it can remove afterwards.
+type LeftoverRemover interface {
+	RemoveLeftover(ctx context.Context, leftover string) error
 }
 
 func recordPath(backend string, vmID int) string {
@@ -32,8 +41,8 @@ func recordPath(backend string, vmID int) string {
 
 // startRecord writes the record of this backup. A record left by a backup that died is cleaned
 // (its remote processes stopped); one of a backup still running makes this one fail.
-func startRecord(ctx context.Context, rt *Runtime, backend string, b *Backup) (*runRecord, error) {
-	file := recordPath(backend, b.Args.VMID)
+func startRecord(ctx context.Context, rt *Runtime, store Store, b *Backup) (*runRecord, error) {
+	file := recordPath(store.Backend(), b.Args.VMID)
 	if old, err := readRecord(file); err == nil {
 		if old.alive() {
 			return nil, fmt.Errorf("a backup of VM %d is already running (pid %d)", b.Args.VMID, old.PID)
@@ -41,6 +50,12 @@ func startRecord(ctx context.Context, rt *Runtime, backend string, b *Backup) (*
 		rt.Log.Infof("cleaning up after an earlier backup of VM %d that did not finish", b.Args.VMID)
 		if err := rt.Runner.Kill(ctx, remote.Target{Host: old.Host}, old.Token); err != nil {
 			rt.Log.Warnf("could not stop the processes of the earlier backup on %s: %v", old.Host, err)
+		}
+		if lr, ok := store.(LeftoverRemover); ok && old.Leftover != "" {
+			if err := lr.RemoveLeftover(ctx, old.Leftover); err != nil {
+				return nil, fmt.Errorf("cannot remove what the unfinished backup of VM %d left (%s): %w", b.Args.VMID, old.Leftover, err)
+			}
+			rt.Log.Infof("removed %s, left by the unfinished backup", old.Leftover)
 		}
 		os.Remove(file)
 	}
@@ -78,6 +93,17 @@ func (r *runRecord) alive() bool {
 }
 
 func (r *runRecord) remove() { os.Remove(r.file) }
+
+// note records what the upload is about to leave at the destination until it completes.
+func (r *runRecord) note(leftover string) error {
+	r.Leftover = leftover
+	data, _ := json.Marshal(r)
+	tmp := r.file + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return fmt.Errorf("cannot record the running backup: %v", err)
+	}
+	return os.Rename(tmp, r.file)
+}
 
 // CancelBackup stops the running backup of a VM (backup_cancel): SIGTERM to the backup action,
 // which stops its upload and cleans up, then a check that nothing of it is left on the VM host.

@@ -13,6 +13,11 @@ import (
 	"onebackup/internal/matrix"
 )
 
+// ErrNotRunning is a live backup's VM that no longer runs on this host (its QEMU died, it was
+// destroyed): it holds no freeze, no backup job and no image open any more, so what is left of
+// the run is cleaned up as after a power-off backup.
+var ErrNotRunning = errors.New("the VM is not running on this host")
+
 // Hypervisor is the hypervisor side of a matrix row.
 type Hypervisor interface {
 	Name() matrix.Hypervisor

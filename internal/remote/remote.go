@@ -87,7 +87,7 @@ func (e *ExitError) Error() string {
 		}
 		return fmt.Sprintf("ssh to %s failed: %s: %s", e.Target, problem, detail)
 	}
-	if strings.Contains(e.Stderr, "No space left on device") || strings.Contains(e.Stderr, "Disk quota exceeded") {
+	if low := strings.ToLower(e.Stderr); strings.Contains(low, "no space left on device") || strings.Contains(low, "disk quota exceeded") {
 		return fmt.Sprintf("%s on %s failed: destination full: %s", e.Prog, e.Target, detail)
 	}
 	if e.Target.Host != "" && e.Code == agent.ExitNotFound {
@@ -118,6 +118,9 @@ func SSHProblem(stderr string) string {
 		return "host key verification failed (check known_hosts)"
 	case strings.Contains(stderr, "not responding") && strings.Contains(stderr, "Timeout, server"):
 		return fmt.Sprintf("the server stopped responding (no answer to ssh keep-alives for %s)", StallTimeout*3/4)
+	case strings.Contains(stderr, "Connection closed by") || strings.Contains(stderr, "Connection reset by") ||
+		strings.Contains(stderr, "closed by remote host") || strings.Contains(stderr, "connection unexpectedly closed"):
+		return "connection closed by the server (its sshd stopped or the link broke)"
 	}
 	return ""
 }
@@ -127,8 +130,9 @@ func SSHProblem(stderr string) string {
 // everything without a reset) ends the connection after about StallTimeout instead of leaving
 // the backup waiting for ever; a slow link that still moves data is not affected. ssh says why
 // it gave up only at log level INFO (its default, often lowered to ERROR in ssh_config to hide
-// warnings), so that level is set here for the operator to get the cause.
-var KeepAlive = []string{"-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3", "-o", "LogLevel=INFO"}
+// warnings), so that level is set here for the operator to get the cause. A host that is down
+// fails the connection after ConnectTimeout rather than the kernel's two minutes.
+var KeepAlive = []string{"-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3", "-o", "ConnectTimeout=20", "-o", "LogLevel=INFO"}
 
 // StallTimeout is the longest a connection whose peer stopped answering can last (KeepAlive).
 const StallTimeout = 40 * time.Second

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"regexp"
 	"strconv"
+	"strings"
 
 	"onebackup/internal/backend"
 	"onebackup/internal/remote"
@@ -23,6 +24,42 @@ type message struct {
 		Message string `json:"message"`
 	} `json:"error"`
 	Item string `json:"item"`
+}
+
+// uploadOutput follows what `restic backup --json` prints on stdout while it runs.
+type uploadOutput struct {
+	summary   *message
+	lastError string
+	progress  func(done float64, detail string)
+}
+
+func (o *uploadOutput) line(line []byte) {
+	var m message
+	if json.Unmarshal(line, &m) != nil {
+		return
+	}
+	switch {
+	case m.Type == "summary" || (m.SnapshotID != "" && m.BytesRead > 0):
+		o.summary = &m
+	case m.Type == "status" && o.progress != nil:
+		o.progress(m.PercentDone, fmt.Sprintf("%d/%d MiB", m.BytesDone>>20, m.TotalBytes>>20))
+	case m.Type == "error":
+		o.lastError = m.ErrorMessage.Message + " " + m.Item
+	}
+}
+
+// result is the backup id (the snapshot's short id) and the bytes read, once restic finished.
+// The id goes to oned and comes back in every later command on the backup, so it must be what
+// restic ids are: hexadecimal.
+func (o *uploadOutput) result(host remote.Target) (string, int64, error) {
+	if o.summary == nil || len(o.summary.SnapshotID) < 8 {
+		return "", 0, fmt.Errorf("restic backup on %s reported no snapshot %s", host, o.lastError)
+	}
+	id := o.summary.SnapshotID[:8]
+	if strings.Trim(id, "0123456789abcdef") != "" {
+		return "", 0, fmt.Errorf("restic backup on %s reported the snapshot id %q, which is not a restic id", host, o.summary.SnapshotID)
+	}
+	return id, o.summary.BytesRead, nil
 }
 
 // PrepareUpload implements backend.Store: make sure the repository exists (from the frontend),
@@ -55,29 +92,10 @@ func (s *Store) PrepareUpload(ctx context.Context, b *backend.Backup) (*backend.
 		s.rt.Log.Infof("upload confined: %s", s.cfg.Confine)
 	}
 
-	var summary *message
-	var lastError string
+	out := &uploadOutput{progress: s.rt.Progress}
 	up := &backend.Upload{Cmd: c, Server: s.server(), SSH: s.cfg.S3 == nil}
-	up.OnLine = func(line []byte) {
-		var m message
-		if json.Unmarshal(line, &m) != nil {
-			return
-		}
-		switch {
-		case m.Type == "summary" || (m.SnapshotID != "" && m.BytesRead > 0):
-			summary = &m
-		case m.Type == "status" && s.rt.Progress != nil:
-			s.rt.Progress(m.PercentDone, fmt.Sprintf("%d/%d MiB", m.BytesDone>>20, m.TotalBytes>>20))
-		case m.Type == "error":
-			lastError = m.ErrorMessage.Message + " " + m.Item
-		}
-	}
-	up.Result = func() (string, int64, error) {
-		if summary == nil || len(summary.SnapshotID) < 8 {
-			return "", 0, fmt.Errorf("restic backup on %s reported no snapshot %s", b.VMHost, lastError)
-		}
-		return summary.SnapshotID[:8], summary.BytesRead, nil
-	}
+	up.OnLine = out.line
+	up.Result = func() (string, int64, error) { return out.result(b.VMHost) }
 	up.Explain = func(ctx context.Context, err error) error { return s.explain(ctx, err, repo) }
 	up.Cleanup = func(ctx context.Context) error {
 		// restic removes its own lock when stopped; unlock clears one left by a killed restic
@@ -103,7 +121,13 @@ func (s *Store) removeStaleLocks(ctx context.Context, host remote.Target, repo s
 	c.ForwardAgent = s.forwardAgent()
 	res, err := s.rt.Run(ctx, c, true)
 	if err != nil {
-		return fmt.Errorf("cannot check %s for stale locks: %w", repo, s.explain(ctx, err, repo))
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		// Best effort: the upload that follows meets the same cause (no key, server down)
+		// and reports it with its own explanation.
+		s.rt.Log.Debugf("checking %s for stale locks failed: %v", repo, err)
+		return nil
 	}
 	if res != nil {
 		if m := removedLocksRe.FindSubmatch(res.Stdout); m != nil && string(m[1]) != "0" {

@@ -1,6 +1,8 @@
 package rsync
 
 import (
+	"context"
+	"strings"
 	"testing"
 
 	"onebackup/internal/agent"
@@ -41,5 +43,21 @@ func TestAllocatedMiB(t *testing.T) {
 	}
 	if got := allocatedMiB(&backend.Backup{}); got != 0 {
 		t.Errorf("allocatedMiB of nothing = %d", got)
+	}
+}
+
+// What a killed upload left is removed only when it is exactly a backup directory of this
+// datastore; anything else is refused before a command could run (the store has no runner).
+func TestRemoveLeftoverRefuses(t *testing.T) {
+	s := &Store{cfg: &Config{BasePath: "/var/lib/one/datastores/200", Host: "bk1", User: "oneadmin"}}
+	for _, bad := range []string{
+		"", "/", "/var/lib/one/datastores/200", "/var/lib/one/datastores/200/42",
+		"/var/lib/one/datastores/200/42/..", "/var/lib/one/datastores/201/42/a1b2c3",
+		"/var/lib/one/datastores/200/x/a1b2c3", "/var/lib/one/datastores/200/42/a1b2c3/deeper",
+		"/var/lib/one/datastores/200/../200/42/a1b2c3", "relative/42/a1b2c3",
+	} {
+		if err := s.RemoveLeftover(context.Background(), bad); err == nil || !strings.Contains(err.Error(), "refusing") {
+			t.Errorf("%q: %v", bad, err)
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path"
+	"strconv"
 	"strings"
 	"time"
 
@@ -64,6 +65,7 @@ func (s *Store) PrepareUpload(ctx context.Context, b *backend.Backup) (*backend.
 		}
 	}
 	up.Result = func() (string, int64, error) { return id, allocatedMiB(b), nil }
+	up.Leftover = dest
 	up.Cleanup = func(ctx context.Context) error {
 		if err := s.removeDirs(ctx, []string{dest}); err != nil {
 			return fmt.Errorf("cannot remove the partial backup %s on %s: %w", dest, s.target(), err)
@@ -71,6 +73,22 @@ func (s *Store) PrepareUpload(ctx context.Context, b *backend.Backup) (*backend.
 		return nil
 	}
 	return up, nil
+}
+
+// RemoveLeftover implements backend.LeftoverRemover: the backup directory of a backup that was
+// killed during its upload. Only a path of the form <BASE_PATH>/<vm_id>/<backup id> is removed.
+func (s *Store) RemoveLeftover(ctx context.Context, leftover string) error {
+	vmDir, id := path.Split(leftover)
+	vm := path.Base(path.Clean(vmDir))
+	vmID, err := strconv.Atoi(vm)
+	if err != nil {
+		return fmt.Errorf("refusing to remove %q: not a backup directory", leftover)
+	}
+	want, err := s.backupDir(vmID, id)
+	if err != nil || want != leftover {
+		return fmt.Errorf("refusing to remove %q: not a backup directory of this datastore", leftover)
+	}
+	return s.removeDirs(ctx, []string{leftover})
 }
 
 // newBackupDir creates the directory of a new backup with a random 6-hex-char id. mkdir without

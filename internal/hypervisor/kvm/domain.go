@@ -41,6 +41,24 @@ func openDomain(deployID string) (*domain, error) {
 	return &domain{conn: conn, dom: dom}, nil
 }
 
+// openRunning opens the domain of a live backup; one that is gone (a transient domain whose QEMU
+// died) or stopped is hypervisor.ErrNotRunning.
+func openRunning(deployID string) (*domain, error) {
+	d, err := openDomain(deployID)
+	if err != nil {
+		var le libvirt.Error
+		if errors.As(err, &le) && le.Code == libvirt.ERR_NO_DOMAIN {
+			return nil, fmt.Errorf("domain %s: %w", deployID, hypervisor.ErrNotRunning)
+		}
+		return nil, err
+	}
+	if active, err := d.dom.IsActive(); err == nil && !active {
+		d.Close()
+		return nil, fmt.Errorf("domain %s: %w", deployID, hypervisor.ErrNotRunning)
+	}
+	return d, nil
+}
+
 func (d *domain) Close() {
 	if d == nil {
 		return
@@ -313,6 +331,10 @@ func (d *domain) WaitBackup(ctx context.Context) error {
 	for {
 		info, err := d.dom.GetJobInfo()
 		if err != nil {
+			if active, aerr := d.dom.IsActive(); aerr != nil || !active {
+				// QEMU ended under the job (killed, crashed, the guest destroyed).
+				return fmt.Errorf("the VM's QEMU process ended during the live backup, which is therefore incomplete: %w", hypervisor.ErrNotRunning)
+			}
 			return fmt.Errorf("backup job state: %w", err)
 		}
 		if info.Type == libvirt.DOMAIN_JOB_NONE {

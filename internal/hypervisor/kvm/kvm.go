@@ -47,7 +47,11 @@ func libvirtURI() string {
 
 // Attach opens the job's running domain.
 func (*KVM) Attach(ctx context.Context, j *hostjob.Job) (hypervisor.Domain, error) {
-	return openDomain(j.DeployID)
+	d, err := openRunning(j.DeployID)
+	if err != nil {
+		return nil, err
+	}
+	return d, nil
 }
 
 // Recover thaws a VM an interrupted run left frozen or suspended (from the journal) and stops
@@ -56,7 +60,15 @@ func (*KVM) Recover(ctx context.Context, j *hostjob.Job) error {
 	if !j.Decision.Live {
 		return nil
 	}
-	d, err := openDomain(j.DeployID)
+	d, err := openRunning(j.DeployID)
+	if errors.Is(err, hypervisor.ErrNotRunning) {
+		// A VM that does not run holds no freeze and no backup job.
+		if jr := hostjob.LoadJournal(j.TmpDir); jr.Frozen != "" {
+			jr.Frozen = ""
+			hostjob.SaveJournal(j.TmpDir, jr)
+		}
+		return nil
+	}
 	if err != nil {
 		return err
 	}

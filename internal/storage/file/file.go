@@ -107,7 +107,7 @@ func (f *File) Cleanup(ctx context.Context, j *hostjob.Job, hv hypervisor.Hyperv
 		os.Remove(jr.NBDSock)
 	}
 	d, err := liveDomain(ctx, j, hv)
-	if err != nil {
+	if err != nil && !errors.Is(err, hypervisor.ErrNotRunning) {
 		return errors.Join(append(errs, err)...)
 	}
 	defer closeDomain(d)
@@ -155,7 +155,15 @@ func (f *File) Finish(ctx context.Context, j *hostjob.Job, hv hypervisor.Hypervi
 	case j.SnapshotMode():
 		errs = append(errs, f.snapshotFinish(ctx, j, hv))
 	case j.Decision.Live:
-		errs = append(errs, f.liveAnchors(ctx, j, hv))
+		err := f.liveAnchors(ctx, j, hv)
+		if errors.Is(err, hypervisor.ErrNotRunning) {
+			// The VM died during the run: its checkpoints went with it, and the bitmaps in
+			// the images are edited as after a power-off backup (the next backup finds
+			// them inconsistent and starts a full inside the chain).
+			j.Log.Warnf("VM %d no longer runs: its backup anchors are cleaned in the image files", j.VMID)
+			err = f.poweroffAnchors(ctx, j)
+		}
+		errs = append(errs, err)
 	default:
 		errs = append(errs, f.poweroffAnchors(ctx, j))
 	}
