@@ -19,11 +19,7 @@ import (
 // listener itself, which keeps accepting new connections.
 func sessionsOf(t *testing.T, host string) []int {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(h.state, host, "sshd.pid"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	listener, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	listener := sshdPid(t, host)
 	parent := map[int]int{}
 	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
 	for _, p := range stats {
@@ -142,44 +138,43 @@ func backupID(t *testing.T, out string) string {
 	return f[0]
 }
 
-func TestFaultStallRestic(t *testing.T) {
-	const dsID, vmID = 531, 751
+// faultDS is a datastore of backend for the fault tests, its slow-upload variant (1 MiB/s, so
+// that a fault lands in the middle of an upload), and the check that its repository holds
+// exactly the given backups.
+func faultDS(t *testing.T, backend string, dsID, vmID int) (ds, slow string, check func(*testing.T, []string)) {
 	base := resetDS(t, dsID)
-	faultDuringUpload(t, "restic", vmID, resticDS(dsID, nil), resticDS(dsID, dsAttrs{"RESTIC_BWLIMIT": "1024"}),
-		stall, "stopped responding", resticFaultCheck(base, vmID))
+	if backend == "restic" {
+		return resticDS(dsID, nil), resticDS(dsID, dsAttrs{"RESTIC_BWLIMIT": "1024"}), resticFaultCheck(base, vmID)
+	}
+	return rsyncDS(dsID, nil), rsyncDS(dsID, dsAttrs{"RSYNC_ARGS": "-aS --bwlimit=1024"}), rsyncFaultCheck(base, vmID)
+}
+
+func TestFaultStallRestic(t *testing.T) {
+	ds, slow, check := faultDS(t, "restic", 531, 751)
+	faultDuringUpload(t, "restic", 751, ds, slow, stall, "stopped responding", check)
 }
 
 func TestFaultStallRsync(t *testing.T) {
-	const dsID, vmID = 532, 752
-	base := resetDS(t, dsID)
-	faultDuringUpload(t, "rsync", vmID, rsyncDS(dsID, nil), rsyncDS(dsID, dsAttrs{"RSYNC_ARGS": "-aS --bwlimit=1024"}),
-		stall, "stopped responding", rsyncFaultCheck(base, vmID))
+	ds, slow, check := faultDS(t, "rsync", 532, 752)
+	faultDuringUpload(t, "rsync", 752, ds, slow, stall, "stopped responding", check)
 }
 
 // The backup server's sshd dies under the upload.
 func TestFaultSSHDKilledRestic(t *testing.T) {
-	const dsID, vmID = 535, 755
-	base := resetDS(t, dsID)
-	faultDuringUpload(t, "restic", vmID, resticDS(dsID, nil), resticDS(dsID, dsAttrs{"RESTIC_BWLIMIT": "1024"}),
-		killSessions, "connection closed by the server", resticFaultCheck(base, vmID))
+	ds, slow, check := faultDS(t, "restic", 535, 755)
+	faultDuringUpload(t, "restic", 755, ds, slow, killSessions, "connection closed by the server", check)
 }
 
 func TestFaultSSHDKilledRsync(t *testing.T) {
-	const dsID, vmID = 536, 756
-	base := resetDS(t, dsID)
-	faultDuringUpload(t, "rsync", vmID, rsyncDS(dsID, nil), rsyncDS(dsID, dsAttrs{"RSYNC_ARGS": "-aS --bwlimit=1024"}),
-		killSessions, "connection closed by the server", rsyncFaultCheck(base, vmID))
+	ds, slow, check := faultDS(t, "rsync", 536, 756)
+	faultDuringUpload(t, "rsync", 756, ds, slow, killSessions, "connection closed by the server", check)
 }
 
 // The backup server does not answer when the backup starts (its sshd listener stopped: the
 // connection is accepted by the kernel and nothing more): the backup fails after the connect
 // timeout naming the unreachable server, creates nothing, and works once the server is back.
 func TestFaultServerDownAtStart(t *testing.T) {
-	data, err := os.ReadFile(filepath.Join(h.state, "bk1", "sshd.pid"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	listener, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	listener := sshdPid(t, "bk1")
 	for _, c := range []struct {
 		backend string
 		dsID    int
@@ -244,13 +239,11 @@ func killedUpload(t *testing.T, backend string, vmID int, ds, slowDS string, che
 }
 
 func TestFaultKilledUploadRestic(t *testing.T) {
-	const dsID, vmID = 539, 758
-	base := resetDS(t, dsID)
-	killedUpload(t, "restic", vmID, resticDS(dsID, nil), resticDS(dsID, dsAttrs{"RESTIC_BWLIMIT": "1024"}), resticFaultCheck(base, vmID))
+	ds, slow, check := faultDS(t, "restic", 539, 758)
+	killedUpload(t, "restic", 758, ds, slow, check)
 }
 
 func TestFaultKilledUploadRsync(t *testing.T) {
-	const dsID, vmID = 540, 759
-	base := resetDS(t, dsID)
-	killedUpload(t, "rsync", vmID, rsyncDS(dsID, nil), rsyncDS(dsID, dsAttrs{"RSYNC_ARGS": "-aS --bwlimit=1024"}), rsyncFaultCheck(base, vmID))
+	ds, slow, check := faultDS(t, "rsync", 540, 759)
+	killedUpload(t, "rsync", 759, ds, slow, check)
 }

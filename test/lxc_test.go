@@ -168,16 +168,27 @@ func lxcCfg(mode string, live bool) bcfg {
 	return bcfg{mode: mode, li: li, live: live, tmMad: "ssh", vmMad: "lxc"}
 }
 
+// sshdPid is the pid of a simulated host's sshd listener.
+func sshdPid(t *testing.T, host string) int {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(h.state, host, "sshd.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil {
+		t.Fatalf("sshd.pid of %s: %v", host, err)
+	}
+	return pid
+}
+
 // traceHost records, with strace, every program started and every socket connected by the
 // sessions of a simulated host's sshd until the returned stop is called.
 func traceHost(t *testing.T, host string) (stop func() string) {
 	t.Helper()
-	pid, err := os.ReadFile(filepath.Join(h.state, host, "sshd.pid"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	pid := strconv.Itoa(sshdPid(t, host))
 	log := filepath.Join(t.TempDir(), "strace.log")
-	cmd := exec.Command("strace", "-f", "-qq", "-e", "trace=connect,execve", "-s", "256", "-o", log, "-p", strings.TrimSpace(string(pid)))
+	cmd := exec.Command("strace", "-f", "-qq", "-e", "trace=connect,execve", "-s", "256", "-o", log, "-p", pid)
 	var errb strings.Builder
 	cmd.Stderr = &errb
 	if err := cmd.Start(); err != nil {
@@ -185,7 +196,7 @@ func traceHost(t *testing.T, host string) (stop func() string) {
 	}
 	// strace writes the attach into its log only with -v; wait until ptrace holds the listener.
 	waitFor(t, "strace to attach to "+host+"'s sshd", 10*time.Second, func() bool {
-		st, _ := os.ReadFile("/proc/" + strings.TrimSpace(string(pid)) + "/status")
+		st, _ := os.ReadFile("/proc/" + pid + "/status")
 		return strings.Contains(string(st), "TracerPid:\t"+strconv.Itoa(cmd.Process.Pid))
 	})
 	return func() string {

@@ -164,9 +164,8 @@ func (o *options) buildJob(ctx context.Context, doc *vmDoc, log hostjob.Logger) 
 	if err != nil {
 		return nil, err
 	}
-	j.SystemDS, _ = strconv.Atoi(vm.History("DS_ID"))
-	if vm.History("DS_ID") == "" {
-		j.SystemDS = -1
+	if j.SystemDS, err = strconv.Atoi(vm.History("DS_ID")); err != nil {
+		j.SystemDS = -1 // absent: only fs_lvm_ssh disks need it, and they say so
 	}
 	j.LVMDS = one.FirstLVMDatastore(disks)
 	j.SystemTM = tm

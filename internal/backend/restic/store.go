@@ -153,8 +153,8 @@ func (s *Store) diagnoseSFTP(ctx context.Context, ee *remote.ExitError) error {
 		remote.SSHProblem(ee.Stderr) != "" {
 		return nil
 	}
+	// SSHArgs carry remote.KeepAlive, whose connect timeout bounds the probe.
 	probe := append(s.rt.Runner.SSHArgs(remote.Target{Host: s.cfg.Server, User: s.cfg.User}, false), "true")
-	probe = append(probe[:1:1], append([]string{"-o", "ConnectTimeout=20"}, probe[1:]...)...)
 	_, perr := s.rt.Runner.Run(ctx, remote.Cmd{Target: ee.Target, Argv: probe})
 	var pe *remote.ExitError
 	if perr == nil || !asExit(perr, &pe) || remote.SSHProblem(pe.Stderr) == "" {
