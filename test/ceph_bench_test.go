@@ -16,14 +16,14 @@ import (
 	"time"
 )
 
-// TestCephHostBenchmark prints the figures of the Ceph benchmark (run with ONEBACKUP_BENCH=1): a
+// TestBenchmarkHostRBD prints the figures of the Ceph benchmark (run with ONEBACKUP_BENCH=1): a
 // full and a 1 %-changed incremental backup of a 2 GiB RBD image holding 1 GiB, host side only
 // (no upload), against the reference's way expressed as the commands it runs (`rbd export` to a
 // raw file + `qemu-img convert`; `rbd export-diff` to a file, then one temporary file per write
 // record fed to qemu-io through qemu-nbd over a qcow2 backed by the previous snapshot). Bytes
 // read are the pool's read counter; memory is the peak RSS of the host program (without its
 // qemu-img child) or of the reference's heaviest process.
-func TestCephHostBenchmark(t *testing.T) {
+func TestBenchmarkHostRBD(t *testing.T) {
 	if os.Getenv("ONEBACKUP_BENCH") == "" {
 		t.Skip("set ONEBACKUP_BENCH=1 to run the Ceph backup benchmark")
 	}

@@ -110,7 +110,7 @@ func cephChain(t *testing.T, env *kvmEnv, vid, dsID int, live, rsync bool) {
 		var want map[int]string
 		vm.onStaged = func() {
 			want = vm.expect(t, fmt.Sprint(k))
-			if names := dirNames(t, stagingOf(vm.id)); strings.Join(names, " ") != fmt.Sprintf("disk.0.%d disk.1.%d vm.xml", k, k) {
+			if names := dirNames(t, stagingOf(vm.id)); strings.Join(names, " ") != fmt.Sprintf("disk.0.%d disk.1.%d sha256sums vm.xml", k, k) {
 				t.Errorf("staged %v", names)
 			}
 			// After the backup point: in the next increment, not in this one.
@@ -324,8 +324,8 @@ func TestCephLegacyChain(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("prebackup: %s", r.stderr)
 	}
-	if names := dirNames(t, stagingOf(vm.id)); strings.Join(names, " ") != "disk.0.2.rbdiff vm.xml" {
-		t.Fatalf("staged %v, want disk.0.2.rbdiff and vm.xml", names)
+	if names := dirNames(t, stagingOf(vm.id)); strings.Join(names, " ") != "disk.0.2.rbdiff sha256sums vm.xml" {
+		t.Fatalf("staged %v, want disk.0.2.rbdiff, sha256sums and vm.xml", names)
 	}
 	out := h.mustDriver(t, "restic", "backup", backupArgs("hv1", vm.id, ""), backupStdin(ds, vmXML(vm.id, "")), vm.env2...)
 	m := replyRe.FindStringSubmatch(out)
@@ -478,7 +478,7 @@ func TestCephKVMBridge(t *testing.T) {
 			t.Fatalf("prebackup %d with a bridge: %s", k, r.stderr)
 		}
 		checkSplit(t, onHost, onBridge)
-		if names := dirNames(t, stagingOf(vid)); strings.Join(names, " ") != fmt.Sprintf("disk.0.%d disk.tpm.0 vm.xml", k) {
+		if names := dirNames(t, stagingOf(vid)); strings.Join(names, " ") != fmt.Sprintf("disk.0.%d disk.tpm.0 sha256sums vm.xml", k) {
 			t.Fatalf("staged %v", names)
 		}
 		out := h.mustDriver(t, "restic", "backup", backupArgs("hv1", vid, ""), backupStdin(ds, vmXMLOn(vid, "hv2", "ceph")))

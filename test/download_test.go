@@ -50,6 +50,17 @@ func onedServing(t testing.TB, handle func(onedtest.Call) onedtest.Reply) []stri
 // data, then run the clean command.
 func (h *harness) download(t testing.TB, backend, url string, env []string) string {
 	t.Helper()
+	out, r := h.tryDownload(t, backend, url, env)
+	if r.code != 0 {
+		t.Fatalf("download of %s failed (exit %d): %s", url, r.code, r.stderr)
+	}
+	return out
+}
+
+// tryDownload is download for a download that may fail: it returns the image's path and how the
+// downloader.sh-like script ended.
+func (h *harness) tryDownload(t testing.TB, backend, url string, env []string) (string, result) {
+	t.Helper()
 	dir, err := os.MkdirTemp("/var/tmp", "download-test-")
 	if err != nil {
 		t.Fatal(err)
@@ -65,7 +76,7 @@ eval "$command" | head -c 1024 >/dev/null || true
 eval "$command" >"$OUT" || { echo "Error copying" >&2; exit 255; }
 eval "$clean_command"`
 	helper := filepath.Join(h.repo, "drivers", backend+"_downloader.rb")
-	h.asOneadmin(t, append(env, "HELPER="+helper, "URL="+url, "OUT="+out), "bash", "-c", script)
+	r := h.asOneadminResult(t, append(env, "HELPER="+helper, "URL="+url, "OUT="+out), "bash", "-c", script)
 	// What the preparation left must be gone once clean_command ran.
 	lines, _ := os.ReadFile(out + ".lines")
 	if m := regexp.MustCompile(`clean_command=".*'(/[^']+)'"`).FindSubmatch(lines); m != nil {
@@ -73,7 +84,7 @@ eval "$clean_command"`
 			t.Errorf("clean_command left %s", m[1])
 		}
 	}
-	return out
+	return out, r
 }
 
 func TestResticDownloaderRestoresChain(t *testing.T) {

@@ -98,16 +98,26 @@ func (h *harness) mustDriver(t testing.TB, backend, action string, args []string
 // asOneadmin runs a command as oneadmin with the frontend's environment and returns stdout.
 func (h *harness) asOneadmin(t testing.TB, env []string, argv ...string) string {
 	t.Helper()
+	r := h.asOneadminResult(t, env, argv...)
+	if r.code != 0 {
+		t.Fatalf("%s: exit %d: %s", strings.Join(argv, " "), r.code, r.stderr)
+	}
+	return r.stdout
+}
+
+// asOneadminResult runs a command as oneadmin with the frontend's environment.
+func (h *harness) asOneadminResult(t testing.TB, env []string, argv ...string) result {
+	t.Helper()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = h.driverEnv(env...)
 	cmd.Dir = "/var/lib/one"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: oneadmin(t)}
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("%s: %v: %s", strings.Join(argv, " "), err, errb.String())
+	if err := cmd.Run(); err != nil && cmd.ProcessState == nil {
+		t.Fatalf("%s: %v", strings.Join(argv, " "), err)
 	}
-	return out.String()
+	return result{stdout: out.String(), stderr: errb.String(), code: cmd.ProcessState.ExitCode()}
 }
 
 // run runs a command as root and fails the test on error.

@@ -12,12 +12,12 @@ import (
 	"time"
 )
 
-// TestKVMHostBenchmark prints the figures of the issue's benchmark (run with ONEBACKUP_BENCH=1):
+// TestBenchmarkHostFile prints the figures of the issue's benchmark (run with ONEBACKUP_BENCH=1):
 // a live full backup of a 2 GiB qcow2 disk holding 1 GiB of data, a live CBT increment after
 // 1 % of the disk changed and a power-off full, host side only (onebackup-host, no upload),
 // against a plain `qemu-img convert` of the disk. Bytes read are the block device's sectors read with a cold
 // page cache.
-func TestKVMHostBenchmark(t *testing.T) {
+func TestBenchmarkHostFile(t *testing.T) {
 	if os.Getenv("ONEBACKUP_BENCH") == "" {
 		t.Skip("set ONEBACKUP_BENCH=1 to run the host-side backup benchmark")
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -143,15 +144,17 @@ func waitFile(t *testing.T, p string, cmd *exec.Cmd, errb *bytes.Buffer) {
 	t.Fatalf("%s never appeared: %s", p, errb.String())
 }
 
-// SIGTERM at each phase (guest suspended, export running, upload running, postbackup): the VM
-// runs, resumed, on its original chain; nothing of the run is left; the next backup succeeds and
-// restores; the chain anchors are as before the failed try.
-func TestKVMFileCancel(t *testing.T) {
+// interruptEachPhase backs VM vid up (a full), then, for each phase, writes into the guest,
+// interrupts an increment there with interrupt, and checks what is left: the VM runs, resumed,
+// on its original chain, nothing of the try is in the VM directory, and the anchors are as
+// before it. Finally the retried increment succeeds and every point restores. It runs live and
+// power-off.
+func interruptEachPhase(t *testing.T, vid, dsID int, phases func(live bool) []string,
+	interrupt func(t *testing.T, env *kvmEnv, vm *testVM, ds, phase string, c, failed bcfg)) {
 	env := needKVM(t)
-	vid := 550
-	base := resetDS(t, 421)
+	base := resetDS(t, dsID)
 	repo := base + fmt.Sprint("/", vid)
-	ds := resticDS(421, nil)
+	ds := resticDS(dsID, nil)
 	for _, live := range []bool{true, false} {
 		vm := newVM(t, env, vid, &tdisk{id: 0, format: "qcow2", sizeMiB: 64})
 		if live {
@@ -161,51 +164,12 @@ func TestKVMFileCancel(t *testing.T) {
 		w0 := vm.expect(t, "0")
 		c0 := bcfg{mode: "INCREMENT", li: -1, incMode: "CBT", live: live, freeze: "SUSPEND", disks: "0"}
 		chain := []string{vm.backupRound(t, ds, c0)}
-		phases := []string{"frozen", "export", "upload", "postbackup"}
-		if !live {
-			phases = []string{"export", "upload", "postbackup"}
-		}
-		for i, phase := range phases {
+		for i, phase := range phases(live) {
 			vm.write(t, 0, 0x40+i, int64(8+i)<<20, 512<<10)
 			c := bcfg{mode: "INCREMENT", li: 0, incMode: "CBT", live: live, freeze: "SUSPEND", disks: "0"}
 			failed := c
 			failed.extraXML = "<BACKUP_RESULT>FAILURE</BACKUP_RESULT>"
-			switch phase {
-			case "frozen", "export":
-				cmd, errb := startTM(t, env, actionName("prebackup", live), vm, c, phase)
-				waitFile(t, filepath.Join(vm.dir, "tmp", "hold."+phase), cmd, errb)
-				if live && phase == "frozen" {
-					if st := strings.TrimSpace(virsh(t, "domstate", vm.name)); st != "paused" {
-						t.Errorf("FS_FREEZE=SUSPEND: domain is %s while frozen", st)
-					}
-				}
-				cmd.Process.Signal(syscall.SIGTERM)
-				cmd.Wait()
-				if cmd.ProcessState.ExitCode() == 0 || !strings.Contains(errb.String(), "cancelled") {
-					t.Errorf("%s: cancelled prebackup exit %d: %s", phase, cmd.ProcessState.ExitCode(), errb.String())
-				}
-				// Step F of the VMM driver.
-				env.tm(t, "qcow2", actionName("postbackup", live), vm.tmArgs("0"), vm.xml(failed))
-			case "upload":
-				if r := env.tm(t, "qcow2", actionName("prebackup", live), vm.tmArgs("0"), vm.xml(c)); r.code != 0 {
-					t.Fatalf("prebackup: %s", r.stderr)
-				}
-				up := h.driverCmd(t, "restic", "backup", backupArgs("hv1", vm.id, ""), backupStdin(ds, vmXML(vm.id, "")))
-				up.Start()
-				time.Sleep(300 * time.Millisecond)
-				up.Process.Signal(syscall.SIGTERM)
-				up.Wait()
-				env.tm(t, "qcow2", actionName("postbackup", live), vm.tmArgs("0"), vm.xml(failed))
-			case "postbackup":
-				if r := env.tm(t, "qcow2", actionName("prebackup", live), vm.tmArgs("0"), vm.xml(c)); r.code != 0 {
-					t.Fatalf("prebackup: %s", r.stderr)
-				}
-				vm.upload(t, ds) // oned will not learn of it: LI stays 0
-				cmd, errb := startTM(t, env, actionName("postbackup", live), vm, failed, phase)
-				waitFile(t, filepath.Join(vm.dir, "tmp", "hold."+phase), cmd, errb)
-				cmd.Process.Signal(syscall.SIGTERM)
-				cmd.Wait()
-			}
+			interrupt(t, env, vm, ds, phase, c, failed)
 			// Let the host side finish its cleanup (it holds the VM lock while it does).
 			time.Sleep(500 * time.Millisecond)
 			vm.waitUnlocked(t)
@@ -213,10 +177,10 @@ func TestKVMFileCancel(t *testing.T) {
 			anchor := fmt.Sprintf("one-%d-0", vid)
 			if live {
 				if cps := vm.checkpoints(t); len(cps) != 1 || cps[0] != anchor {
-					t.Errorf("%s: checkpoints %v after the cancelled try, want [%s]", phase, cps, anchor)
+					t.Errorf("%s: checkpoints %v after the interrupted try, want [%s]", phase, cps, anchor)
 				}
 			} else if bms := vm.bitmaps(t, 0); len(bms) != 1 || bms[0] != anchor {
-				t.Errorf("%s: bitmaps %v after the cancelled try, want [%s]", phase, bms, anchor)
+				t.Errorf("%s: bitmaps %v after the interrupted try, want [%s]", phase, bms, anchor)
 			}
 		}
 		// The retry of increment 1 succeeds and restores.
@@ -229,6 +193,55 @@ func TestKVMFileCancel(t *testing.T) {
 			vm.stop(t)
 		}
 	}
+}
+
+// SIGTERM at each phase (guest suspended, export running, upload running, postbackup).
+func TestKVMFileCancel(t *testing.T) {
+	phases := func(live bool) []string {
+		if live {
+			return []string{"frozen", "export", "upload", "postbackup"}
+		}
+		return []string{"export", "upload", "postbackup"}
+	}
+	interruptEachPhase(t, 550, 421, phases, func(t *testing.T, env *kvmEnv, vm *testVM, ds, phase string, c, failed bcfg) {
+		live := c.live
+		switch phase {
+		case "frozen", "export":
+			cmd, errb := startTM(t, env, actionName("prebackup", live), vm, c, phase)
+			waitFile(t, filepath.Join(vm.dir, "tmp", "hold."+phase), cmd, errb)
+			if live && phase == "frozen" {
+				if st := strings.TrimSpace(virsh(t, "domstate", vm.name)); st != "paused" {
+					t.Errorf("FS_FREEZE=SUSPEND: domain is %s while frozen", st)
+				}
+			}
+			cmd.Process.Signal(syscall.SIGTERM)
+			cmd.Wait()
+			if cmd.ProcessState.ExitCode() == 0 || !strings.Contains(errb.String(), "cancelled") {
+				t.Errorf("%s: cancelled prebackup exit %d: %s", phase, cmd.ProcessState.ExitCode(), errb.String())
+			}
+			// Step F of the VMM driver.
+			env.tm(t, "qcow2", actionName("postbackup", live), vm.tmArgs("0"), vm.xml(failed))
+		case "upload":
+			if r := env.tm(t, "qcow2", actionName("prebackup", live), vm.tmArgs("0"), vm.xml(c)); r.code != 0 {
+				t.Fatalf("prebackup: %s", r.stderr)
+			}
+			up := h.driverCmd(t, "restic", "backup", backupArgs("hv1", vm.id, ""), backupStdin(ds, vmXML(vm.id, "")))
+			up.Start()
+			time.Sleep(300 * time.Millisecond)
+			up.Process.Signal(syscall.SIGTERM)
+			up.Wait()
+			env.tm(t, "qcow2", actionName("postbackup", live), vm.tmArgs("0"), vm.xml(failed))
+		case "postbackup":
+			if r := env.tm(t, "qcow2", actionName("prebackup", live), vm.tmArgs("0"), vm.xml(c)); r.code != 0 {
+				t.Fatalf("prebackup: %s", r.stderr)
+			}
+			vm.upload(t, ds) // oned will not learn of it: LI stays 0
+			cmd, errb := startTM(t, env, actionName("postbackup", live), vm, failed, phase)
+			waitFile(t, filepath.Join(vm.dir, "tmp", "hold."+phase), cmd, errb)
+			cmd.Process.Signal(syscall.SIGTERM)
+			cmd.Wait()
+		}
+	})
 }
 
 // VMs 5 and 55 back up at the same time on the same host; cancelling 55 never touches 5.
@@ -336,4 +349,61 @@ func TestFaultQEMUKilledDuringLiveJob(t *testing.T) {
 	vm.restoreCompare(t, repo, chain[:1], 0, w0[0])
 	vm.restoreCompare(t, repo, chain, 0, w1[0])
 	vm.stop(t)
+}
+
+// killHostSide SIGKILLs the host-side program of vm's backup (no cleanup of its own can run).
+func killHostSide(t *testing.T, vm *testVM) {
+	t.Helper()
+	procs := processesMatching(" host ", "--deploy-id "+vm.uuid+" ")
+	if len(procs) == 0 {
+		t.Fatalf("no host-side process of VM %d to kill", vm.id)
+	}
+	for _, p := range procs {
+		pid, _ := strconv.Atoi(strings.SplitN(p, ":", 2)[0])
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+// SIGKILL of the host side at each phase (guest frozen, export running, postbackup): nothing
+// of it can clean up. oned then runs postbackup with BACKUP_RESULT=FAILURE (it saw the backup
+// fail), and the next backup cleans what a killed postbackup left; together they must leave
+// what a cancelled try leaves.
+func TestKVMFileKilled(t *testing.T) {
+	phases := func(live bool) []string {
+		if live {
+			return []string{"frozen", "export", "postbackup"}
+		}
+		return []string{"export", "postbackup"}
+	}
+	interruptEachPhase(t, 786, 551, phases, func(t *testing.T, env *kvmEnv, vm *testVM, ds, phase string, c, failed bcfg) {
+		live := c.live
+		action, cfg := actionName("prebackup", live), c
+		if phase == "postbackup" {
+			if r := env.tm(t, "qcow2", actionName("prebackup", live), vm.tmArgs("0"), vm.xml(c)); r.code != 0 {
+				t.Fatalf("prebackup: %s", r.stderr)
+			}
+			vm.upload(t, ds) // oned will not learn of it: LI stays 0
+			action, cfg = actionName("postbackup", live), failed
+		}
+		cmd, errb := startTM(t, env, action, vm, cfg, phase)
+		waitFile(t, filepath.Join(vm.dir, "tmp", "hold."+phase), cmd, errb)
+		killHostSide(t, vm)
+		cmd.Wait()
+		if phase == "postbackup" {
+			// oned does not use postbackup's result: it warns and succeeds, the next backup
+			// removes what is left. Here the next try's prebackup does, then its upload fails.
+			if cmd.ProcessState.ExitCode() != 0 || !strings.Contains(errb.String(), "WARNING: "+action) {
+				t.Errorf("killed postbackup: exit %d: %s", cmd.ProcessState.ExitCode(), errb.String())
+			}
+			if r := env.tm(t, "qcow2", actionName("prebackup", live), vm.tmArgs("0"), vm.xml(c)); r.code != 0 {
+				t.Fatalf("prebackup after the killed postbackup: %s", r.stderr)
+			}
+		} else if cmd.ProcessState.ExitCode() == 0 {
+			t.Errorf("%s: the killed %s succeeded", phase, action)
+		}
+		// oned saw the backup fail: postbackup with the failure, as the VMM driver's step F.
+		if r := env.tm(t, "qcow2", actionName("postbackup", live), vm.tmArgs("0"), vm.xml(failed)); r.code != 0 {
+			t.Errorf("%s: postbackup after the kill: exit %d: %s", phase, r.code, r.stderr)
+		}
+	})
 }

@@ -146,6 +146,14 @@ type testVM struct {
 // upload runs the datastore backup action (restic or rsync) and returns the backup id.
 func (vm *testVM) upload(t *testing.T, ds string) string {
 	t.Helper()
+	// The host side recorded what it staged; the record travels with the backup.
+	staging := stagingOf(vm.id)
+	if vm.staging != "" {
+		staging = vm.staging
+	}
+	if out, err := runErr("sh", "-c", `cd "$0" && sha256sum --strict --quiet -c sha256sums`, staging); err != nil {
+		t.Fatalf("the staged backup in %s does not match its checksum record: %v %s", staging, err, out)
+	}
 	if vm.rsync {
 		id, _ := h.rsyncBackup(t, ds, "hv1", vm.id, "", "", vm.env2...)
 		return id

@@ -31,6 +31,11 @@ func openImage(msg *one.Message, rt *Runtime, open Opener) (*imageRequest, error
 	if err != nil {
 		return nil, err
 	}
+	return openImageOf(ds, img, rt, open)
+}
+
+func openImageOf(ds *one.Datastore, img *one.Image, rt *Runtime, open Opener) (*imageRequest, error) {
+	var err error
 	r := &imageRequest{rbd: img.Format() == "rbd"}
 	if r.dsID, err = ds.ID(); err != nil {
 		return nil, err

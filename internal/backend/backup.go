@@ -7,10 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"slices"
 	"strings"
 	"time"
 
 	"onebackup/internal/agent"
+	"onebackup/internal/checksum"
 	"onebackup/internal/one"
 	"onebackup/internal/remote"
 	"onebackup/internal/validate"
@@ -29,15 +31,22 @@ type Backup struct {
 // Location is where this VM's backups go.
 func (b *Backup) Location() Location { return Location{VMID: b.Args.VMID, JobID: b.Args.JobID} }
 
-// Paths returns the absolute paths of the staged disk.* files followed by vm.xml.
+// Paths returns the absolute paths of the staged disk.* files followed by vm.xml and, when the
+// host recorded one, the checksum record.
 func (b *Backup) Paths() []string {
 	var out []string
+	sums := false
 	for _, f := range b.Files {
 		if strings.HasPrefix(f.Name, "disk.") {
 			out = append(out, path.Join(b.Staging, f.Name))
 		}
+		sums = sums || f.Name == checksum.File
 	}
-	return append(out, path.Join(b.Staging, "vm.xml"))
+	out = append(out, path.Join(b.Staging, "vm.xml"))
+	if sums {
+		out = append(out, path.Join(b.Staging, checksum.File))
+	}
+	return out
 }
 
 // Format is "rbd" for legacy Ceph chains (.rbd2 / .rbdiff files), else "raw" (qcow2 files).
@@ -112,6 +121,9 @@ func RunBackup(ctx context.Context, rt *Runtime, open Opener, msg *one.Message, 
 	}
 	if err := checkStaged(b); err != nil {
 		return nil, err
+	}
+	if !slices.ContainsFunc(b.Files, func(f agent.File) bool { return f.Name == checksum.File }) {
+		rt.Log.Warnf("the staged backup of VM %d in %s has no %s: this backup will not be verifiable (was it staged by an older onebackup-host?)", args.VMID, b.Staging, checksum.File)
 	}
 	b.Token = fmt.Sprintf("%s-backup-%d-%s", store.Backend(), args.VMID, randomHex(4))
 

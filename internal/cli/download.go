@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -41,6 +43,11 @@ func downloaderCommand(open backend.Opener) *cobra.Command {
 func streamCommand(open backend.Opener) *cobra.Command {
 	return urlCommand(open, "stream URL", "Write the file a backup URL names to stdout", true,
 		func(ctx context.Context, rt *backend.Runtime, d backend.Downloader, u chain.URL, loc backend.Location) error {
+			// downloader.sh reads the first KiB of the stream, then closes it: that is an error
+			// to handle, not a reason to die on the spot, for the restic feeding the stream
+			// must be stopped cleanly (remote.Runner sends it SIGTERM; killed by SIGPIPE, it
+			// would leave its repository lock).
+			signal.Ignore(syscall.SIGPIPE)
 			return d.Stream(ctx, u, loc, os.Stdout)
 		})
 }

@@ -78,7 +78,7 @@ func newRoot() *cobra.Command {
 	for _, name := range []string{"restic", "rsync"} {
 		root.AddCommand(backendCommand(name, backends[name]))
 	}
-	root.AddCommand(catFileCommand(), cleanTempCommand(), tm.Command())
+	root.AddCommand(catFileCommand(), cleanTempCommand(), verifyCommand(), tm.Command())
 	root.AddCommand(&cobra.Command{
 		Use:    "agent",
 		Short:  "Serve one request from the frontend (runs on hypervisors and repository hosts)",

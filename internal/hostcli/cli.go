@@ -21,6 +21,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"onebackup/internal/checksum"
 	"onebackup/internal/hostjob"
 	"onebackup/internal/hostwire"
 	"onebackup/internal/hypervisor"
@@ -215,11 +216,13 @@ func runBackup(ctx context.Context, o *options) error {
 		if err == nil {
 			err = r.st.(storage.Bridged).Export(ctx, j)
 		}
+		err = recordSums(j, err)
 	default:
 		err = stage(j, doc, tpmFromVMDir)
 		if err == nil {
 			err = r.st.Backup(ctx, j, r.hv)
 		}
+		err = recordSums(j, err)
 	}
 	if err == nil {
 		if o.phase == hostwire.PhasePoint {
@@ -241,6 +244,18 @@ func runBackup(ctx context.Context, o *options) error {
 	}
 	os.RemoveAll(j.BackupDir)
 	return err
+}
+
+// recordSums writes the checksum record of a staged backup (after a successful staging): the
+// upload carries it, and every later read of the backup is checked against it.
+func recordSums(j *hostjob.Job, err error) error {
+	if err != nil {
+		return err
+	}
+	if _, err := checksum.WriteDir(j.BackupDir); err != nil {
+		return fmt.Errorf("cannot record the checksums of the staged backup in %s: %w", j.BackupDir, err)
+	}
+	return nil
 }
 
 // tpmSource writes disk.tpm.0: from the VM directory on the VM's host, or, on a bridge, from

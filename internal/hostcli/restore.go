@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"onebackup/internal/qcow2"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -252,7 +253,27 @@ func prepareDisk(ctx context.Context, o *restoreOptions, vmID int, d one.Disk) (
 			}
 		}
 	}
-	return rs.PrepareRestore(ctx, storage.RestoreTarget{VMID: vmID, VMDir: o.vmDir, Disk: d, Top: files[len(files)-1], Log: logger{os.Stderr}})
+	// What a guest must read from the restored disk, from the received files themselves (their
+	// bytes were checked against the backups' records as they were sent).
+	want, geo, err := qcow2.ChainDigest(files)
+	if err != nil && !errors.Is(err, qcow2.ErrUnsupported) {
+		return nil, fmt.Errorf("cannot read the received backup files: %w", err)
+	}
+	r, err := rs.PrepareRestore(ctx, storage.RestoreTarget{VMID: vmID, VMDir: o.vmDir, Disk: d, Top: files[len(files)-1], Log: logger{os.Stderr}})
+	if err != nil || geo.ClusterSize == 0 {
+		return r, err
+	}
+	if cr, ok := r.(storage.ContentReader); ok {
+		got, gotGeo, err := cr.ContentDigest(geo.ClusterSize)
+		if err == nil && gotGeo == geo && got != want {
+			err = fmt.Errorf("the restored image does not hold what the backups hold (guest-visible content digest %.16s…, backups %.16s…)", got, want)
+		}
+		if err != nil {
+			r.Discard()
+			return nil, err
+		}
+	}
+	return r, nil
 }
 
 // untarTPM extracts disk.tpm.0 (a tar.gz whose members start with "tpm/") into dir/tpm.

@@ -109,6 +109,14 @@ func (i *Image) BackupJobID() (string, error) {
 	return s, nil
 }
 
+// ID is IMAGE/ID, validated.
+func (i *Image) ID() (int, error) { return validate.ID("image ID", i.text("ID")) }
+
+// DatastoreID is IMAGE/DATASTORE_ID, validated.
+func (i *Image) DatastoreID() (int, error) {
+	return validate.ID("image DATASTORE_ID", i.text("DATASTORE_ID"))
+}
+
 // Format is IMAGE/FORMAT lower-cased ("rbd" marks legacy Ceph chains).
 func (i *Image) Format() string { return strings.ToLower(i.text("FORMAT")) }
 

@@ -119,7 +119,10 @@ func SSHProblem(stderr string) string {
 	case strings.Contains(stderr, "not responding") && strings.Contains(stderr, "Timeout, server"):
 		return fmt.Sprintf("the server stopped responding (no answer to ssh keep-alives for %s)", StallTimeout*3/4)
 	case strings.Contains(stderr, "Connection closed by") || strings.Contains(stderr, "Connection reset by") ||
-		strings.Contains(stderr, "closed by remote host") || strings.Contains(stderr, "connection unexpectedly closed"):
+		strings.Contains(stderr, "closed by remote host") || strings.Contains(stderr, "connection unexpectedly closed"),
+		// restic's SFTP backend when its ssh child ended with ssh's own error code, whose
+		// message restic did not always relay before exiting.
+		strings.Contains(stderr, "ssh command exited: exit status 255"):
 		return "connection closed by the server (its sshd stopped or the link broke)"
 	}
 	return ""
@@ -205,6 +208,12 @@ func (r *Runner) Run(ctx context.Context, c Cmd) (*Result, error) {
 		argv = append(r.SSHArgs(c.Target, c.ForwardAgent), remoteCmd)
 	}
 
+	// A program whose output can no longer be delivered (the reader went away, as the first,
+	// sniffing read of OpenNebula's downloader.sh does after 1 KiB) is stopped with SIGTERM like
+	// a cancelled one. Left to die of SIGPIPE itself, restic leaves its repository lock behind,
+	// and every later prune or check waits for it.
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 15 * time.Second
@@ -214,7 +223,7 @@ func (r *Runner) Run(ctx context.Context, c Cmd) (*Result, error) {
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout = &stdout
 	if c.Stdout != nil {
-		cmd.Stdout = c.Stdout
+		cmd.Stdout = &stopOnError{w: c.Stdout, stop: stop}
 	}
 	cmd.Stderr = &limitedBuffer{buf: &stderr, max: 1 << 20}
 	if request == nil && c.Stdin != nil {
@@ -229,6 +238,10 @@ func (r *Runner) Run(ctx context.Context, c Cmd) (*Result, error) {
 		return res, nil
 	}
 	if ctx.Err() != nil {
+		var we *writeError
+		if errors.As(context.Cause(ctx), &we) {
+			return res, fmt.Errorf("%s on %s stopped: its output could not be written: %w", progName(c.Argv), c.Target, we.err)
+		}
 		return res, fmt.Errorf("%s on %s: %w", progName(c.Argv), c.Target, ctx.Err())
 	}
 	var ee *exec.ExitError
@@ -416,6 +429,35 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 		}
 		w.fn(w.buf[:i])
 		w.buf = w.buf[i+1:]
+	}
+	return len(p), nil
+}
+
+// stopOnError passes a program's output on and stops the program at the first write error.
+// What the program writes after that is drained and dropped: a pipe closed under it would kill
+// it with SIGPIPE before the SIGTERM arrives.
+type stopOnError struct {
+	w      io.Writer
+	stop   context.CancelCauseFunc
+	failed bool
+}
+
+type writeError struct{ err error }
+
+func (e *writeError) Error() string { return e.err.Error() }
+
+func (s *stopOnError) Write(p []byte) (int, error) {
+	if s.failed {
+		return len(p), nil
+	}
+	n, err := s.w.Write(p)
+	if err == nil && n < len(p) {
+		err = io.ErrShortWrite
+	}
+	if err != nil {
+		s.failed = true
+		s.stop(&writeError{err})
+		return len(p), nil
 	}
 	return len(p), nil
 }

@@ -8,6 +8,7 @@ package storage
 import (
 	"context"
 	"fmt"
+	"onebackup/internal/qcow2"
 	"os"
 
 	"onebackup/internal/hostjob"
@@ -88,6 +89,12 @@ type Restored interface {
 	Swap() error
 	Discard()
 	String() string // what is replaced, for the log
+}
+
+// ContentReader is a Restored whose content can be read back before the swap, to compare it
+// with the backups it was rebuilt from (qcow2.ChainDigest).
+type ContentReader interface {
+	ContentDigest(clusterSize int64) (qcow2.Digest, qcow2.Geometry, error)
 }
 
 // RestoreTempSuffix marks what a restore creates next to the disks before the swap, so that a

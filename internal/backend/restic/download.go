@@ -159,6 +159,10 @@ func (s *Store) pullAndMerge(ctx context.Context, loc backend.Location, snaps []
 		return out, tarGz(out, pieces, srcs)
 	}
 	out := filepath.Join(tmp, path.Base(u.Path))
+	check, err := backend.ContentCheck(s.rt, pieces)
+	if err != nil {
+		return "", err
+	}
 	for _, argv := range qcow2.CommitArgs(pieces) {
 		if _, err := s.rt.Run(ctx, remote.Cmd{Target: remote.Local, Argv: argv}, true); err != nil {
 			return "", fmt.Errorf("cannot merge the restore points of disk %s: %w", idx, err)
@@ -166,6 +170,9 @@ func (s *Store) pullAndMerge(ctx context.Context, loc backend.Location, snaps []
 	}
 	for _, p := range pieces[1:] {
 		os.Remove(p)
+	}
+	if err := check(pieces[0], fmt.Sprintf("disk %s of backups %v", idx, snapIDs(snaps))); err != nil {
+		return "", err
 	}
 	return out, os.Rename(pieces[0], out)
 }
@@ -225,4 +232,12 @@ func addToTar(tw *tar.Writer, p, name string) error {
 	}
 	_, err = io.Copy(tw, in)
 	return err
+}
+
+func snapIDs(snaps []snapshot) []string {
+	out := make([]string, len(snaps))
+	for i, sn := range snaps {
+		out[i] = sn.short()
+	}
+	return out
 }

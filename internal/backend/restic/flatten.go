@@ -15,6 +15,7 @@ import (
 
 	"onebackup/internal/backend"
 	"onebackup/internal/chain"
+	"onebackup/internal/checksum"
 	"onebackup/internal/remote"
 )
 
@@ -54,6 +55,9 @@ func (s *Store) Flatten(ctx context.Context, loc backend.Location, merge chain.C
 		name := path.Base(p)
 		idx := chain.DiskIndex(name)
 		dst := filepath.Join(out, name)
+		if name == checksum.File {
+			continue // recorded anew below, for the merged images
+		}
 		if idx == "" || idx == "tpm" { // documents come from the newest restore point only
 			if err := s.pull(ctx, loc, newest.short(), p, dst); err != nil {
 				return "", 0, err
@@ -78,6 +82,12 @@ func (s *Store) Flatten(ctx context.Context, loc backend.Location, merge chain.C
 		}
 		files = append(files, dst)
 	}
+	// The merged images are new files: record their checksums (the pieces they were made of
+	// were checked as they were pulled).
+	if _, err := checksum.WriteDir(out); err != nil {
+		return "", 0, fmt.Errorf("cannot record the checksums of the merged restore point: %w", err)
+	}
+	files = append(files, filepath.Join(out, checksum.File))
 	sort.Strings(files)
 
 	args := append(files, "--force", "--json", "--tag=one-"+strconv.Itoa(loc.VMID),

@@ -1,6 +1,7 @@
 package restic
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"onebackup/internal/backend"
+	"onebackup/internal/checksum"
 	"onebackup/internal/lockfile"
 	"onebackup/internal/one"
 	"onebackup/internal/oned"
@@ -45,6 +47,9 @@ type Store struct {
 
 	s3Once sync.Once
 	s3Err  error // what the S3 endpoint check found (nil: usable)
+
+	sumsMu sync.Mutex
+	sums   map[string]checksum.Sums // checksum records read so far, by repository and snapshot
 }
 
 // ready checks, once per run, that the S3 endpoint can be used (nothing to check for SFTP,
@@ -127,7 +132,9 @@ func (s *Store) explain(ctx context.Context, err error, repo string) error {
 	switch {
 	case ee.Code == exitWrongPassword || strings.Contains(ee.Stderr, "wrong password"):
 		return fmt.Errorf("RESTIC_PASSWORD does not open repository %s", repo)
-	case ee.Code == exitLocked || strings.Contains(ee.Stderr, "unable to create lock in backend"):
+	// "unable to create lock in backend" alone is not a lock held by someone: restic says it too
+	// when the connection broke while it wrote its own lock.
+	case ee.Code == exitLocked || strings.Contains(ee.Stderr, "repository is already locked"):
 		holder := "another operation"
 		if m := lockHolderRe.FindStringSubmatch(ee.Stderr); m != nil {
 			holder = fmt.Sprintf("restic PID %s on %s (user %s)", m[2], m[3], m[4])
@@ -302,14 +309,76 @@ func (s *Store) ReadVMXML(ctx context.Context, loc backend.Location, snap, diskP
 	return res.Stdout, nil
 }
 
-// ReadFile implements backend.FileReader: restic dump streamed to w.
+// ReadFile implements backend.FileReader: restic dump streamed to w, checked against the
+// backup's checksum record as it passes.
 func (s *Store) ReadFile(ctx context.Context, loc backend.Location, snap, file string, w io.Writer) error {
+	sums, err := s.Sums(ctx, loc, snap, path.Dir(file))
+	if err != nil {
+		return err
+	}
+	c := sums.NewChecker(snap, file, w)
+	if err := s.dump(ctx, loc, snap, file, c); err != nil {
+		return err
+	}
+	return c.Check()
+}
+
+func (s *Store) dump(ctx context.Context, loc backend.Location, snap, file string, w io.Writer) error {
 	c := s.cmd(ctx, remote.Local, s.cfg.Repo(loc), "dump", "--quiet", snap, file)
 	c.Stdout = w
 	if _, err := s.rt.Run(ctx, c, false); err != nil {
+		if damage := damagedRe.FindString(stderrOf(err)); damage != "" {
+			return &checksum.CorruptError{Backup: snap, File: file,
+				Detail: fmt.Sprintf("cannot be read back: the repository's data for it is damaged (restic: %s); `restic check --read-data` lists the damaged packs", damage)}
+		}
 		return fmt.Errorf("cannot read %s from snapshot %s: %w", file, snap, s.explain(ctx, err, s.cfg.Repo(loc)))
 	}
 	return nil
+}
+
+// damagedRe matches what restic says when a pack's content fails its own integrity checks
+// (every blob is encrypted and authenticated, and addressed by its hash).
+var damagedRe = regexp.MustCompile(`[^\n]*(ciphertext verification failed|hash mismatch|does not match the expected hash|wrong hash)[^\n]*`)
+
+func stderrOf(err error) string {
+	var ee *remote.ExitError
+	if asExit(err, &ee) {
+		return ee.Stderr
+	}
+	return ""
+}
+
+// Sums returns the checksum record of snapshot snap, whose files are in dir; nil when the backup
+// has none (made before records existed, or by OpenNebula's drivers).
+func (s *Store) Sums(ctx context.Context, loc backend.Location, snap, dir string) (checksum.Sums, error) {
+	key := s.cfg.Repo(loc) + "@" + snap
+	s.sumsMu.Lock()
+	sums, ok := s.sums[key]
+	s.sumsMu.Unlock()
+	if ok {
+		return sums, nil
+	}
+	sn, err := s.find(ctx, loc, snap)
+	if err != nil {
+		return nil, err
+	}
+	rec := path.Join(dir, checksum.File)
+	if slices.Contains(sn.Paths, rec) {
+		var buf bytes.Buffer
+		if err := s.dump(ctx, loc, snap, rec, &buf); err != nil {
+			return nil, err
+		}
+		if sums, err = checksum.Parse(buf.Bytes()); err != nil {
+			return nil, &checksum.CorruptError{Backup: snap, File: rec, Detail: "(the checksum record) is damaged: " + err.Error()}
+		}
+	}
+	s.sumsMu.Lock()
+	if s.sums == nil {
+		s.sums = map[string]checksum.Sums{}
+	}
+	s.sums[key] = sums
+	s.sumsMu.Unlock()
+	return sums, nil
 }
 
 // Remove implements backend.Store: forget the snapshots that exist and prune.

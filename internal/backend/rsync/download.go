@@ -14,7 +14,8 @@ import (
 	"onebackup/internal/remote"
 )
 
-// ReadFile implements backend.FileReader: cat of a file of backup snap on the rsync host.
+// ReadFile implements backend.FileReader: cat of a file of backup snap on the rsync host,
+// checked against the backup's checksum record as it passes.
 func (s *Store) ReadFile(ctx context.Context, loc backend.Location, snap, file string, w io.Writer) error {
 	dir, err := s.backupDir(loc.VMID, snap)
 	if err != nil {
@@ -23,10 +24,15 @@ func (s *Store) ReadFile(ctx context.Context, loc backend.Location, snap, file s
 	if path.Dir(file) != dir {
 		return fmt.Errorf("%s is not a file of backup %s of VM %d (%s)", file, snap, loc.VMID, dir)
 	}
-	if _, err := s.rt.Run(ctx, remote.Cmd{Target: s.target(), Argv: []string{"cat", "--", file}, Stdout: w}, false); err != nil {
+	sums, err := s.Sums(ctx, loc, snap)
+	if err != nil {
+		return err
+	}
+	c := sums.NewChecker(snap, file, w)
+	if _, err := s.rt.Run(ctx, remote.Cmd{Target: s.target(), Argv: []string{"cat", "--", file}, Stdout: c}, false); err != nil {
 		return fmt.Errorf("cannot read %s: %w", file, err)
 	}
-	return nil
+	return c.Check()
 }
 
 // Stream implements backend.Downloader.
@@ -93,10 +99,21 @@ func (s *Store) PrepareDownload(ctx context.Context, u chain.URL, loc backend.Lo
 		if _, err := s.rt.Run(ctx, remote.Cmd{Target: s.target(), Argv: []string{"test", "-f", u.Path}}, false); err != nil {
 			return nil, fmt.Errorf("%s is not a file of backup %s on %s", u.Path, last.Snap, s.target())
 		}
+		// cat-file streams it without knowing of backups: the check is made here, on the host.
+		if _, err := s.checkStored(ctx, loc, []backend.StoredFile{{Snap: last.Snap, Path: u.Path}}); err != nil {
+			return nil, err
+		}
 		return &backend.Download{Command: []string{self, "cat-file", "--host", host, u.Path}}, nil
 	}
 	files, err := s.chainFiles(loc, u.Chain, idx, u.RBD)
 	if err != nil {
+		return nil, err
+	}
+	stored := make([]backend.StoredFile, len(files))
+	for i, f := range files {
+		stored[i] = backend.StoredFile{Snap: u.Chain[i].Snap, Path: f}
+	}
+	if _, err := s.checkStored(ctx, loc, stored); err != nil {
 		return nil, err
 	}
 	tmp := backend.NewTempName(s.cfg.TmpDir)

@@ -49,8 +49,10 @@ func (s *Store) Flatten(ctx context.Context, loc backend.Location, merge chain.C
 func (s *Store) fillMerged(ctx context.Context, loc backend.Location, merge chain.Chain, newestFiles []string, dir string) error {
 	newestDir := path.Dir(newestFiles[0])
 	docs := []string{path.Join(newestDir, "vm.xml")}
+	names := []string{"vm.xml"}
 	for _, f := range newestFiles {
 		idx := chain.DiskIndex(path.Base(f))
+		names = append(names, path.Base(f))
 		if idx == "tpm" {
 			docs = append(docs, f)
 			continue
@@ -60,6 +62,15 @@ func (s *Store) fillMerged(ctx context.Context, loc backend.Location, merge chai
 		}
 		pieces, err := s.chainFiles(loc, merge, idx, false)
 		if err != nil {
+			return err
+		}
+		// qemu-img reads the pieces on the rsync host: check them there first, so that a
+		// damaged increment is reported instead of merged into the new full.
+		stored := make([]backend.StoredFile, len(pieces))
+		for i, p := range pieces {
+			stored[i] = backend.StoredFile{Snap: merge[i].Snap, Path: p}
+		}
+		if _, err := s.checkStored(ctx, loc, stored); err != nil {
 			return err
 		}
 		argv, err := qcow2.MergeArgs(pieces, path.Join(dir, path.Base(f)))
@@ -73,11 +84,18 @@ func (s *Store) fillMerged(ctx context.Context, loc backend.Location, merge chai
 			s.rt.Sparsify(ctx, "RSYNC_SPARSIFY", s.target(), path.Join(dir, path.Base(f)))
 		}
 	}
+	var stored []backend.StoredFile
+	for _, d := range docs {
+		stored = append(stored, backend.StoredFile{Snap: merge.Last().Snap, Path: d})
+	}
+	if _, err := s.checkStored(ctx, loc, stored); err != nil {
+		return err
+	}
 	cp := remote.Cmd{Target: s.target(), Argv: append(append([]string{"cp", "--"}, docs...), dir+"/")}
 	if _, err := s.rt.Run(ctx, cp, true); err != nil {
 		return fmt.Errorf("cannot copy %v into the merged backup: %w", docs, err)
 	}
-	return nil
+	return s.recordSums(ctx, dir, names)
 }
 
 // du is the disk space a backup directory takes, in bytes.

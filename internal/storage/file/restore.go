@@ -3,6 +3,7 @@ package file
 import (
 	"context"
 	"fmt"
+	"onebackup/internal/qcow2"
 	"os"
 	"path/filepath"
 
@@ -15,6 +16,7 @@ type restored struct {
 	link     string // <VM dir>/disk.<id>
 	target   string // the file the VM's disk resolves to, replaced
 	tmp      string // the new image, next to target
+	format   string // qcow2 or raw, the disk's own
 	snapsDir string // <VM dir>/disk.<id>.snap when target lives in it ("" otherwise)
 }
 
@@ -37,6 +39,7 @@ func (*File) PrepareRestore(ctx context.Context, t storage.RestoreTarget) (stora
 		return nil, err
 	}
 	format := info.Format
+	r.format = format
 	if format != "qcow2" && format != "raw" {
 		return nil, fmt.Errorf("%s is a %s image: only qcow2 and raw disks are restored in place", r.target, format)
 	}
@@ -49,6 +52,14 @@ func (*File) PrepareRestore(ctx context.Context, t storage.RestoreTarget) (stora
 }
 
 func (r *restored) Discard() { os.Remove(r.tmp) }
+
+// ContentDigest implements storage.ContentReader.
+func (r *restored) ContentDigest(clusterSize int64) (qcow2.Digest, qcow2.Geometry, error) {
+	if r.format == "raw" {
+		return qcow2.RawDigest(r.tmp, clusterSize)
+	}
+	return qcow2.ImageDigest(r.tmp)
+}
 
 // Swap puts the restored image in place. A disk laid out as OpenNebula's qcow2 driver does
 // (disk.<id> → disk.<id>.snap/<n>, snapshots as layers below) gets a fresh disk.<id>.snap holding
