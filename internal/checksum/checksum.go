@@ -59,6 +59,35 @@ func Parse(data []byte) (Sums, error) {
 	return s, nil
 }
 
+// ReadRecord reads the record file of backup through read (which writes the file's bytes) and
+// parses it. Only the first bytes are kept, so an oversized file is refused, not read whole. An
+// error of read is returned as it is; a record that does not parse is a corrupt backup.
+func ReadRecord(backup, file string, read func(io.Writer) error) (Sums, error) {
+	lw := &limited{n: maxRecord + 1}
+	if err := read(lw); err != nil {
+		return nil, err
+	}
+	sums, err := Parse(lw.buf.Bytes())
+	if err != nil {
+		return nil, &CorruptError{Backup: backup, File: file, Detail: "(the checksum record) is damaged: " + err.Error()}
+	}
+	return sums, nil
+}
+
+// limited keeps the first n bytes written to it and drops the rest.
+type limited struct {
+	buf bytes.Buffer
+	n   int
+}
+
+func (l *limited) Write(p []byte) (int, error) {
+	if k := min(len(p), l.n); k > 0 {
+		l.buf.Write(p[:k])
+		l.n -= k
+	}
+	return len(p), nil
+}
+
 // Format renders s as sha256sum does, sorted by name.
 func (s Sums) Format() []byte {
 	names := make([]string, 0, len(s))

@@ -2,6 +2,7 @@ package checksum
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -116,5 +117,22 @@ func BenchmarkSumFile(b *testing.B) {
 		if _, err := SumFile(p); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+func TestReadRecordRefusesOversizedRecords(t *testing.T) {
+	line := strings.Repeat("a", 64) + "  disk.0.0\n"
+	big := func(w io.Writer) error {
+		for i := 0; i < 30000; i++ { // 2.2 MB
+			w.Write([]byte(line))
+		}
+		return nil
+	}
+	if _, err := ReadRecord("1a2b3c4d", "/x/sha256sums", big); !IsCorrupt(err) || !strings.Contains(err.Error(), "more than a checksum record can be") {
+		t.Fatalf("oversized record: %v", err)
+	}
+	sums, err := ReadRecord("1a2b3c4d", "/x/sha256sums", func(w io.Writer) error { _, err := w.Write([]byte(line)); return err })
+	if err != nil || sums["disk.0.0"] != strings.Repeat("a", 64) {
+		t.Fatalf("ReadRecord = %v, %v", sums, err)
 	}
 }

@@ -140,6 +140,15 @@ var KeepAlive = []string{"-o", "ServerAliveInterval=10", "-o", "ServerAliveCount
 // StallTimeout is the longest a connection whose peer stopped answering can last (KeepAlive).
 const StallTimeout = 40 * time.Second
 
+// StderrOf is the error output of the program err reports, "" when err is no ExitError.
+func StderrOf(err error) string {
+	var ee *ExitError
+	if errors.As(err, &ee) {
+		return ee.Stderr
+	}
+	return ""
+}
+
 // ExitCode is the exit code of err when it is an ExitError, else -1.
 func ExitCode(err error) int {
 	var ee *ExitError

@@ -1,7 +1,6 @@
 package restic
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -327,7 +326,7 @@ func (s *Store) dump(ctx context.Context, loc backend.Location, snap, file strin
 	c := s.cmd(ctx, remote.Local, s.cfg.Repo(loc), "dump", "--quiet", snap, file)
 	c.Stdout = w
 	if _, err := s.rt.Run(ctx, c, false); err != nil {
-		if damage := damagedRe.FindString(stderrOf(err)); damage != "" {
+		if damage := damagedRe.FindString(remote.StderrOf(err)); damage != "" {
 			return &checksum.CorruptError{Backup: snap, File: file,
 				Detail: fmt.Sprintf("cannot be read back: the repository's data for it is damaged (restic: %s); `restic check --read-data` lists the damaged packs", damage)}
 		}
@@ -339,14 +338,6 @@ func (s *Store) dump(ctx context.Context, loc backend.Location, snap, file strin
 // damagedRe matches what restic says when a pack's content fails its own integrity checks
 // (every blob is encrypted and authenticated, and addressed by its hash).
 var damagedRe = regexp.MustCompile(`[^\n]*(ciphertext verification failed|hash mismatch|does not match the expected hash|wrong hash)[^\n]*`)
-
-func stderrOf(err error) string {
-	var ee *remote.ExitError
-	if asExit(err, &ee) {
-		return ee.Stderr
-	}
-	return ""
-}
 
 // Sums returns the checksum record of snapshot snap, whose files are in dir; nil when the backup
 // has none (made before records existed, or by OpenNebula's drivers).
@@ -364,12 +355,9 @@ func (s *Store) Sums(ctx context.Context, loc backend.Location, snap, dir string
 	}
 	rec := path.Join(dir, checksum.File)
 	if slices.Contains(sn.Paths, rec) {
-		var buf bytes.Buffer
-		if err := s.dump(ctx, loc, snap, rec, &buf); err != nil {
+		sums, err = checksum.ReadRecord(snap, rec, func(w io.Writer) error { return s.dump(ctx, loc, snap, rec, w) })
+		if err != nil {
 			return nil, err
-		}
-		if sums, err = checksum.Parse(buf.Bytes()); err != nil {
-			return nil, &checksum.CorruptError{Backup: snap, File: rec, Detail: "(the checksum record) is damaged: " + err.Error()}
 		}
 	}
 	s.sumsMu.Lock()

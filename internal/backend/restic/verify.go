@@ -66,7 +66,7 @@ func (s *Store) CheckRepository(ctx context.Context, loc backend.Location, readD
 		what += ", reading " + readData + " of its data"
 	}
 	if _, err := s.run(ctx, loc, false, "check", args...); err != nil {
-		if stderr := stderrOf(err); strings.Contains(stderr, "repository contains errors") {
+		if stderr := remote.StderrOf(err); strings.Contains(stderr, "repository contains errors") {
 			return "", &checksum.DamagedError{Repository: s.cfg.Repo(loc), Detail: "restic check: " + oneLine(remote.LastLines(stderr, 4))}
 		}
 		return "", fmt.Errorf("cannot check repository %s: %w", s.cfg.Repo(loc), err)

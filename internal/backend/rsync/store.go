@@ -3,7 +3,6 @@ package rsync
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"path"
 	"sort"
@@ -74,7 +73,7 @@ func (s *Store) Files(ctx context.Context, loc backend.Location, snap string) ([
 	find := remote.Cmd{Target: s.target(), Argv: []string{"find", dir, "-maxdepth", "1", "-type", "f", "-name", "disk.*", "-print0"}}
 	res, err := s.rt.Run(ctx, find, false)
 	if err != nil {
-		if strings.Contains(remoteStderr(err), "No such file or directory") {
+		if strings.Contains(remote.StderrOf(err), "No such file or directory") {
 			return nil, fmt.Errorf("backup %s of VM %d does not exist on %s (no directory %s)", snap, loc.VMID, s.target(), dir)
 		}
 		return nil, fmt.Errorf("cannot list backup %s of VM %d: %w", snap, loc.VMID, err)
@@ -159,10 +158,3 @@ func (s *Store) Usage(ctx context.Context) (backend.Usage, error) {
 }
 
 // remoteStderr is the far side's error output of a failed command, or "".
-func remoteStderr(err error) string {
-	var ee *remote.ExitError
-	if errors.As(err, &ee) {
-		return ee.Stderr
-	}
-	return ""
-}

@@ -111,7 +111,7 @@ func (s *Store) newBackupDir(ctx context.Context, vmID int) (id, dir string, err
 			s.rt.Run(cctx, remote.Cmd{Target: s.target(), Argv: []string{"rmdir", "--", dir}}, true)
 			return "", "", err
 		}
-		if !strings.Contains(remoteStderr(err), "File exists") {
+		if !strings.Contains(remote.StderrOf(err), "File exists") {
 			return "", "", fmt.Errorf("cannot create the backup directory %s on %s: %w", dir, s.target(), err)
 		}
 		s.rt.Log.Infof("backup id %s of VM %d is already in use, drawing another one", id, vmID)

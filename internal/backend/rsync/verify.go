@@ -22,34 +22,17 @@ func (s *Store) Sums(ctx context.Context, loc backend.Location, snap string) (ch
 		return nil, err
 	}
 	rec := path.Join(dir, checksum.File)
-	var buf bytes.Buffer
-	lw := &limited{w: &buf, n: 1 << 20}
-	if _, err := s.rt.Run(ctx, remote.Cmd{Target: s.target(), Argv: []string{"cat", "--", rec}, Stdout: lw}, false); err != nil {
-		if strings.Contains(remoteStderr(err), "No such file or directory") {
-			return nil, nil
-		}
+	sums, err := checksum.ReadRecord(snap, rec, func(w io.Writer) error {
+		_, err := s.rt.Run(ctx, remote.Cmd{Target: s.target(), Argv: []string{"cat", "--", rec}, Stdout: w}, false)
+		return err
+	})
+	if err != nil && strings.Contains(remote.StderrOf(err), "No such file or directory") {
+		return nil, nil
+	}
+	if err != nil && !checksum.IsCorrupt(err) {
 		return nil, fmt.Errorf("cannot read %s on %s: %w", rec, s.target(), err)
 	}
-	sums, err := checksum.Parse(buf.Bytes())
-	if err != nil {
-		return nil, &checksum.CorruptError{Backup: snap, File: rec, Detail: "(the checksum record) is damaged: " + err.Error()}
-	}
-	return sums, nil
-}
-
-// limited keeps the first n bytes written to it and counts the rest, so that an oversized
-// record is refused by checksum.Parse instead of read whole.
-type limited struct {
-	w io.Writer
-	n int
-}
-
-func (l *limited) Write(p []byte) (int, error) {
-	if k := min(len(p), l.n+1); k > 0 {
-		l.w.Write(p[:k])
-		l.n -= k
-	}
-	return len(p), nil
+	return sums, err
 }
 
 // checkStored checks stored files (of any backups of loc) against their backups' records where
@@ -80,7 +63,7 @@ func (s *Store) checkStored(ctx context.Context, loc backend.Location, files []b
 	}
 	got, err := s.sumRemote(ctx, paths)
 	if err != nil {
-		if m := missingRe.FindStringSubmatch(remoteStderr(err)); m != nil && snapOf[m[1]] != "" {
+		if m := missingRe.FindStringSubmatch(remote.StderrOf(err)); m != nil && snapOf[m[1]] != "" {
 			return 0, &checksum.CorruptError{Backup: snapOf[m[1]], File: m[1], Detail: "is recorded but missing on " + s.target().String()}
 		}
 		return 0, err
