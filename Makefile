@@ -54,7 +54,7 @@ unit:
 	$(GO) test $$($(GO) list -f '{{.ImportPath}} {{join .Deps " "}}' ./internal/... ./cmd/... | awk '!/libvirt\.org|github\.com\/ceph/ {print $$1}')
 
 test: deps deps-kvm deps-lxc deps-s3 deps-lvm build build-host
-	$(GO) test -tags $(GOTAGS) -count=1 -timeout 40m ./...
+	$(GO) test -tags $(GOTAGS) -count=1 -timeout 60m ./...
 	$(MAKE) fuzz FUZZTIME=5s
 
 # Every Fuzz target (parsers of what oned, URLs, RSYNC_ARGS and the host wire bring in) for

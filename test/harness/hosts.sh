@@ -87,6 +87,15 @@ cmd_up() {
   cfg=$ssh_dir/config
 
   stop_daemons
+  # The ports are this state's alone: an sshd of another state directory (make demo while the
+  # end-to-end tests run, or the reverse) would answer with its own host key, and every
+  # connection would fail on a changed host key instead of saying so.
+  for i in "${!HOSTS[@]}"; do
+    port=$((BASE_PORT + i + 1))
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      die "127.0.0.1:$port is in use, probably by the simulated hosts of another run ($(pgrep -af "sshd.*onebackup" | grep -v "$STATE" | head -n 1 | cut -c1-120)); wait for it or stop it with $0 down <its state dir>"
+    fi
+  done
   mkdir -p /run/sshd
   chmod 0755 /run/sshd
 
