@@ -36,8 +36,12 @@ type Sums map[string]string
 const maxRecord = 1 << 20
 
 var (
-	lineRe = regexp.MustCompile(`^([0-9a-f]{64}) [ *]([A-Za-z0-9._-]+)$`)
+	lineRe = regexp.MustCompile(`^([0-9a-f]{64}) [ *](` + namePattern + `)$`)
+	nameRe = regexp.MustCompile(`^` + namePattern + `$`)
 )
+
+// namePattern is what a file of a backup may be called in a record.
+const namePattern = `[A-Za-z0-9._-]+`
 
 // Parse reads a record. Anything but well-formed lines naming plain base names is refused, so
 // that a damaged record is reported instead of half used.
@@ -129,7 +133,7 @@ func WriteDir(dir string) (Sums, error) {
 		if !e.Type().IsRegular() || e.Name() == File || strings.HasPrefix(e.Name(), ".") {
 			continue
 		}
-		if !lineRe.MatchString(strings.Repeat("0", 64) + "  " + e.Name()) {
+		if !nameRe.MatchString(e.Name()) {
 			return nil, fmt.Errorf("cannot record %s: its name is not one a backup holds", filepath.Join(dir, e.Name()))
 		}
 		if s[e.Name()], err = SumFile(filepath.Join(dir, e.Name())); err != nil {

@@ -53,7 +53,7 @@ func ParseMessage(data []byte) (*Message, error) {
 	doc := etree.NewDocument()
 	doc.ReadSettings.Permissive = false
 	if err := doc.ReadFromBytes(data); err != nil {
-		return nil, fmt.Errorf("driver message is not valid XML: %s", oneLine(err.Error()))
+		return nil, fmt.Errorf("driver message is not valid XML: %s", OneLine(err.Error()))
 	}
 	root := doc.Root()
 	if root == nil {
@@ -123,4 +123,5 @@ func (n node) texts(path string) []string {
 	return out
 }
 
-func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+// OneLine joins a possibly multi-line text into one line, for messages that must stay one line.
+func OneLine(s string) string { return strings.Join(strings.Fields(s), " ") }

@@ -13,6 +13,7 @@ import (
 	"onebackup/internal/backend"
 	"onebackup/internal/chain"
 	"onebackup/internal/checksum"
+	"onebackup/internal/one"
 	"onebackup/internal/remote"
 )
 
@@ -67,7 +68,7 @@ func (s *Store) CheckRepository(ctx context.Context, loc backend.Location, readD
 	}
 	if _, err := s.run(ctx, loc, false, "check", args...); err != nil {
 		if stderr := remote.StderrOf(err); strings.Contains(stderr, "repository contains errors") {
-			return "", &checksum.DamagedError{Repository: s.cfg.Repo(loc), Detail: "restic check: " + oneLine(remote.LastLines(stderr, 4))}
+			return "", &checksum.DamagedError{Repository: s.cfg.Repo(loc), Detail: "restic check: " + one.OneLine(remote.LastLines(stderr, 4))}
 		}
 		return "", fmt.Errorf("cannot check repository %s: %w", s.cfg.Repo(loc), err)
 	}
@@ -83,5 +84,3 @@ func CheckReadData(s string) error {
 }
 
 var readDataRe = regexp.MustCompile(`^([0-9]+(\.[0-9]+)?%|[0-9]+/[0-9]+|[0-9]+[KMGT]?)$`)
-
-func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
